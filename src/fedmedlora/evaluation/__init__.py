@@ -1,0 +1,1 @@
+"""Scoring, inference and reporting."""
