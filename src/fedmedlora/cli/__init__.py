@@ -1,0 +1,1 @@
+"""The `fedmedlora` command line."""

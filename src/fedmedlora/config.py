@@ -1,0 +1,172 @@
+"""One file describes a run; the CLI and the Flower server app both read it.
+
+Sites see only the "recipe" part (model, LoRA, task, training, generation settings and,
+in simulation, where their data is), which the server sends them with each message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmedlora.errors import ConfigError
+from fedmedlora.evaluation.inference import GenerationSettings
+from fedmedlora.model.lora import LoraSettings
+from fedmedlora.training.loop import TrainSettings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    name: str = "smollm2-135m"
+    precision: str = "auto"
+    device: str = "auto"
+
+
+class TaskSettings(_Strict):
+    max_chunk_tokens: int = Field(48, ge=8)
+    max_length: int = Field(384, ge=32)
+    zero_shot_definitions: bool = True
+
+
+class SyntheticData(_Strict):
+    sites: list[str] = Field(default_factory=lambda: ["riverside", "northgate", "lakeside"])
+    train_docs: int = Field(40, ge=1)
+    test_docs: int = Field(8, ge=1)
+
+
+class SiteSource(_Strict):
+    """A site's own annotated files. Without `test`, a seeded `test_fraction` of `train`
+    is held out."""
+
+    name: str
+    train: str
+    test: str | None = None
+    format: str | None = None
+    mapping: str | None = None
+    entity_types: list[str] | None = None
+    relation_types: list[str] | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_docs: int | None = Field(None, ge=1)
+    max_test_docs: int | None = Field(None, ge=1)
+
+
+class DataSettings(_Strict):
+    synthetic: SyntheticData | None = None
+    sites: list[SiteSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        if (self.synthetic is None) == (not self.sites):
+            raise ValueError("give exactly one of data.synthetic or data.sites")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"site names must be unique: {names}")
+        return self
+
+    @property
+    def site_names(self) -> list[str]:
+        return self.synthetic.sites if self.synthetic else [s.name for s in self.sites]
+
+
+class FederationSettings(_Strict):
+    rounds: int = Field(3, ge=1)
+    min_sites: int | None = Field(None, ge=1, description="default: number of configured sites")
+    strategy: Literal["fedmedlora"] = "fedmedlora"
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
+    evaluate_zero_shot: bool = True
+    timeout_s: float = Field(3600, gt=0)
+
+
+class SimulationSettings(_Strict):
+    client_cpus: float = Field(1, gt=0)
+    client_gpus: float | None = Field(None, ge=0, description="default: GPU shared by all sites")
+    client_threads: int = Field(1, ge=1)
+
+
+class Recipe(_Strict):
+    """What every site needs to train and evaluate, identical everywhere."""
+
+    seed: int = 0
+    schema_name: str = Field("clinical", alias="schema")
+    model: ModelSettings = ModelSettings()
+    lora: LoraSettings = LoraSettings()
+    task: TaskSettings = TaskSettings()
+    train: TrainSettings = TrainSettings()
+    generation: GenerationSettings = GenerationSettings()
+    data: DataSettings = DataSettings(synthetic=SyntheticData())
+    threads: int | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json(self) -> str:
+        """Canonical JSON, as sent to sites inside Flower messages."""
+        return json.dumps(json.loads(self.model_dump_json()), sort_keys=True)
+
+
+class RunConfig(Recipe):
+    name: str = "run"
+    federation: FederationSettings = FederationSettings()
+    simulation: SimulationSettings = SimulationSettings()
+
+    def recipe(self) -> Recipe:
+        fields = set(Recipe.model_fields)
+        recipe = Recipe.model_validate(self.model_dump(include=fields, by_alias=True))
+        return recipe.model_copy(update={"threads": self.simulation.client_threads})
+
+
+def parse_config(raw: dict, where: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError(f"{where}: invalid run config:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """A YAML run config (the built-in demo config when `path` is None), with dotted
+    overrides such as {"federation.rounds": 2}."""
+    if path is None:
+        from importlib import resources
+
+        text = (resources.files("fedmedlora") / "configs" / "demo.yaml").read_text()
+        where = "built-in demo config"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a run config must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    config = parse_config(raw, where)
+    base = Path(where).parent if path is not None else Path.cwd()
+    return _resolve_paths(config, base)
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    """Relative data paths are relative to the config file, not the working directory."""
+    for site in config.data.sites:
+        for attr in ("train", "test"):
+            value = getattr(site, attr)
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(site, attr, str((base / value).resolve()))
+    return config

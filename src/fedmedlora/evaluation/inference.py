@@ -1,0 +1,125 @@
+"""Extraction with a (possibly adapted) causal LM: chunk, prompt, batched greedy
+generation, parse, reassemble. The `extract` command, federated evaluation and every
+baseline go through this one path."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, Field
+
+from fedmedlora.data.document import Document
+from fedmedlora.data.schema import Schema
+from fedmedlora.model.loading import autocast
+from fedmedlora.task.chunking import Chunk, assemble
+from fedmedlora.task.markup import parse
+from fedmedlora.task.prompt import PromptStyle
+from fedmedlora.training.examples import chunk_for, prompt_ids
+
+
+class GenerationSettings(BaseModel):
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=8)
+    # Markup is the text plus tags; this bounds a run-away (e.g. zero-shot) output.
+    length_factor: float = Field(2.5, gt=1)
+
+
+@dataclass
+class ExtractionStats:
+    chunks: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    issues: Counter[str] = field(default_factory=Counter)
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s) :] = torch.tensor(s)
+        mask[row, width - len(s) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    budgets: list[int],
+    settings: GenerationSettings,
+    device: torch.device,
+    precision: str,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[str], int]:
+    """Greedy outputs for each prompt, batched by length to limit padding."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i]))
+    outputs: list[str] = [""] * len(prompts)
+    produced = 0
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), settings.batch_size):
+        idx = order[start : start + settings.batch_size]
+        ids, mask = _left_pad([prompts[i] for i in idx], pad)
+        budget = min(settings.max_new_tokens, max(budgets[i] for i in idx))
+        with autocast(precision, device):
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+            )
+        new = out[:, ids.shape[1] :].cpu()
+        for row, i in enumerate(idx):
+            tokens = new[row]
+            keep = tokens[(tokens != pad) & (tokens != tokenizer.eos_token_id)]
+            produced += int(keep.numel())
+            outputs[i] = tokenizer.decode(keep, skip_special_tokens=True)
+        if on_batch:
+            on_batch(len(idx))
+    return outputs, produced
+
+
+def extract(
+    model,
+    tokenizer,
+    docs: Sequence[Document],
+    entity_types: list[str],
+    schema: Schema,
+    *,
+    max_chunk_tokens: int,
+    settings: GenerationSettings,
+    device: torch.device,
+    precision: str,
+    style: PromptStyle = PromptStyle(),
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[Document], ExtractionStats]:
+    """Predicted annotations (only `entity_types`) for each document."""
+    began = time.perf_counter()
+    stats = ExtractionStats()
+    work: list[tuple[int, Chunk]] = []
+    prompts: list[list[int]] = []
+    budgets: list[int] = []
+    for d, doc in enumerate(docs):
+        for ch in chunk_for(doc, tokenizer, max_chunk_tokens):
+            work.append((d, ch))
+            prompts.append(prompt_ids(tokenizer, ch.text, entity_types, schema, style))
+            n_text = len(tokenizer(ch.text, add_special_tokens=False)["input_ids"])
+            budgets.append(int(settings.length_factor * n_text) + 24)
+    outputs, stats.generated_tokens = generate(
+        model, tokenizer, prompts, budgets, settings, device, precision, on_batch
+    )
+    per_doc: list[list] = [[] for _ in docs]
+    for (d, ch), text in zip(work, outputs, strict=True):
+        parsed = parse(text, ch.text, schema, entity_types)
+        stats.issues.update(parsed.issues)
+        per_doc[d].append((ch, parsed.entities, parsed.relations))
+    stats.chunks = len(work)
+    stats.seconds = time.perf_counter() - began
+    return [assemble(doc, preds) for doc, preds in zip(docs, per_doc, strict=True)], stats

@@ -1,0 +1,116 @@
+"""results.json: everything a run measured, written after every round so that a failure
+late in a run never loses the rounds already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedmedlora.evaluation.metrics import Scores
+
+HEADLINE = ("entity_strict_f1", "entity_lenient_f1", "relation_strict_f1", "relation_lenient_f1")
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def site_block(scores: Scores) -> dict[str, Any]:
+    return {**scores.summary(), "detail": scores.as_dict()}
+
+
+class RunRecorder:
+    """Accumulates a federated run's measurements in the results.json layout."""
+
+    def __init__(self, out_dir: Path, run: dict[str, Any], communication: dict[str, Any]):
+        self.path = Path(out_dir) / "results.json"
+        self.began = time.time()
+        self.data: dict[str, Any] = {
+            "run": {**run, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running"},
+            "rounds": [],
+            "communication": {**communication, "per_round": []},
+            "rejected_replies": [],
+        }
+
+    def _round(self, server_round: int) -> dict[str, Any]:
+        for r in self.data["rounds"]:
+            if r["round"] == server_round:
+                return r
+        entry: dict[str, Any] = {"round": server_round}
+        self.data["rounds"].append(entry)
+        self.data["rounds"].sort(key=lambda r: r["round"])
+        return entry
+
+    def trained(self, server_round: int, per_site: dict[str, dict[str, float]]) -> None:
+        self._round(server_round)["train"] = per_site
+        self.save()
+
+    def evaluated(self, server_round: int, per_site: dict[str, Scores]) -> None:
+        micro = Scores()
+        for s in per_site.values():
+            micro += s
+        entry = self._round(server_round)
+        entry["phase"] = "zero-shot" if server_round == 0 else "federated"
+        entry["sites"] = {name: site_block(s) for name, s in sorted(per_site.items())}
+        entry["micro"] = micro.summary()
+        self.save()
+
+    def traffic(self, per_round: dict[int, dict]) -> None:
+        rows = []
+        for rnd in sorted(per_round):
+            t = per_round[rnd]
+            rows.append(
+                {
+                    "round": rnd,
+                    "train_down_bytes": t["train"]["down"],
+                    "train_up_bytes": t["train"]["up"],
+                    "evaluate_down_bytes": t["evaluate"]["down"],
+                    "evaluate_up_bytes": t["evaluate"]["up"],
+                    "total_bytes": sum(
+                        t[p][d] for p in ("train", "evaluate") for d in ("down", "up")
+                    ),
+                }
+            )
+        comm = self.data["communication"]
+        comm["per_round"] = rows
+        trained = [r for r in rows if r["round"] > 0 and r["train_down_bytes"]]
+        if trained:
+            comm["adapter_bytes_per_round"] = max(
+                r["train_down_bytes"] + r["train_up_bytes"] for r in trained
+            )
+            full = comm["full_model_bytes"] * 2 * comm.get("sites", 1)
+            comm["full_model_bytes_per_round"] = full
+            comm["reduction_factor"] = full / comm["adapter_bytes_per_round"]
+        self.save()
+
+    def finish(self, status: str = "completed", **extra: Any) -> dict[str, Any]:
+        rounds = [r for r in self.data["rounds"] if "sites" in r]
+        zero = next((r for r in rounds if r["round"] == 0), None)
+        last = next((r for r in reversed(rounds) if r["round"] > 0), None)
+        for key, entry in (("zero_shot", zero), ("final", last)):
+            if entry is not None:
+                self.data[key] = {
+                    "round": entry["round"],
+                    "sites": {s: {k: v[k] for k in HEADLINE} for s, v in entry["sites"].items()},
+                    "micro": {k: entry["micro"][k] for k in HEADLINE},
+                }
+        self.data["run"].update(
+            status=status,
+            seconds=round(time.time() - self.began, 1),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
+        )
+        self.save()
+        return self.data
+
+    def save(self) -> None:
+        write_json_atomic(self.data, self.path)

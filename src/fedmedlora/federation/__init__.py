@@ -1,0 +1,1 @@
+"""Federation on Flower: pure aggregation functions, and thin ServerApp/ClientApp glue."""

@@ -1,0 +1,115 @@
+"""The site side (Flower ClientApp). A node holds only its own documents: in simulation
+the node's partition id picks one configured site; in deployment the node is started
+with `--node-config "site-config='/path/site.yaml'"` pointing at its own data.
+
+Replies carry the trained adapter, counts and timings: checked by `privacy.check_reply`
+before they leave.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from pathlib import Path
+
+import yaml
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmedlora.config import Recipe, SiteSource
+from fedmedlora.data.schema import load_schema
+from fedmedlora.data.sites import load_site, load_source
+from fedmedlora.errors import ConfigError
+from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
+from fedmedlora.federation.privacy import check_reply
+from fedmedlora.training.recipe import SiteRecipe
+
+app = ClientApp()
+
+
+@cache
+def _site_recipe(recipe_json: str, site_name: str, site_config: str) -> SiteRecipe:
+    recipe = Recipe.model_validate_json(recipe_json)
+    schema = load_schema(recipe.schema_name)
+    if site_config:
+        path = site_config
+        try:
+            source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
+        return SiteRecipe(recipe, load_source(source, schema, recipe.seed))
+    return SiteRecipe(recipe, load_site(recipe.data, site_name, schema, recipe.seed))
+
+
+def site_for(context: Context, recipe_json: str) -> SiteRecipe:
+    node = context.node_config
+    site_config = str(node.get("site-config", ""))
+    if site_config:
+        return _site_recipe(recipe_json, "", site_config)
+    names = Recipe.model_validate_json(recipe_json).data.site_names
+    pid = int(node.get("partition-id", -1))
+    if not 0 <= pid < len(names):
+        raise ConfigError(f"partition-id {pid} has no site; configured sites: {names}")
+    return _site_recipe(recipe_json, names[pid], "")
+
+
+def _reply(msg: Message, content: RecordDict, adapter_shapes=None) -> Message:
+    check_reply(content, adapter_shapes)  # nothing but adapter tensors and numbers leaves
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG]
+    site = site_for(context, str(config["recipe"]))
+    server_round = int(config["server-round"])
+    global_state = from_record(msg.content[ARRAYS])
+    state, stats = site.train(global_state, server_round, int(config["total-steps"]))
+    name = site.site.spec.name
+    print(
+        f"[{name}] round {server_round}: {stats.steps} steps, loss {stats.mean_loss:.3f}, "
+        f"{stats.seconds:.0f}s",
+        flush=True,
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": len(site.examples.examples),
+            "train-loss": stats.mean_loss,
+            "train-seconds": stats.seconds,
+            "train-steps": stats.steps,
+            "train-tokens": stats.tokens,
+        }
+    )
+    content = RecordDict(
+        {ARRAYS: to_record(state), METRICS: metrics, SITE: ConfigRecord({SITE: name})}
+    )
+    return _reply(msg, content, {k: tuple(v.shape) for k, v in global_state.items()})
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG]
+    site = site_for(context, str(config["recipe"]))
+    began = time.perf_counter()
+    scores, stats = site.evaluate(
+        from_record(msg.content[ARRAYS]),
+        zero_shot_prompt=bool(config.get("zero-shot-prompt", False)),
+    )
+    name = site.site.spec.name
+    summary = scores.summary()
+    print(
+        f"[{name}] eval round {config['server-round']}: entity strict F1 "
+        f"{summary['entity_strict_f1']:.3f}, lenient {summary['entity_lenient_f1']:.3f} "
+        f"({stats.chunks} chunks, {time.perf_counter() - began:.0f}s)",
+        flush=True,
+    )
+    metrics = MetricRecord(
+        {
+            **scores.to_counts(),
+            "num-examples": len(site.site.test),
+            "eval-seconds": stats.seconds,
+            "eval-chunks": stats.chunks,
+            **{f"parse/{k}": v for k, v in stats.issues.items()},
+        }
+    )
+    return _reply(msg, RecordDict({METRICS: metrics, SITE: ConfigRecord({SITE: name})}))

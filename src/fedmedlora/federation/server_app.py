@@ -1,0 +1,131 @@
+"""The server side (Flower ServerApp): sends the global adapter, aggregates what sites
+return, records metrics and traffic, and saves the final adapter in PEFT format.
+
+`flwr run` and deployments use the module-level `app` (run config keys: `config`, the
+path of a run config file, and `out`); `fedmedlora demo`/`train` call `run_federation`
+through `simulation.simulate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmedlora.config import RunConfig, load_config
+from fedmedlora.errors import FedMedLoRAError
+from fedmedlora.evaluation.metrics import Scores
+from fedmedlora.evaluation.report import write_report
+from fedmedlora.evaluation.results import RunRecorder
+from fedmedlora.federation.messages import from_record, to_record
+from fedmedlora.federation.strategy import FedMedLoRA
+from fedmedlora.model.lora import adapter_bytes, save_adapter
+from fedmedlora.training.recipe import initial_adapter, loaded_model
+
+Listener = Callable[[str, int, Any], None]
+
+
+def run_federation(
+    grid: Grid, config: RunConfig, out_dir: Path, listener: Listener | None = None
+) -> dict[str, Any]:
+    """Zero-shot evaluation, `rounds` rounds of Fed-MedLoRA, final adapter and report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = config.recipe()
+    lm = loaded_model(recipe)
+    initial = initial_adapter(recipe)
+    trainable, total = lm.model.get_nb_trainable_parameters()
+    sites = config.data.site_names
+    recorder = RunRecorder(
+        out_dir,
+        run={
+            "name": config.name,
+            "model": config.model.name,
+            "rounds": config.federation.rounds,
+            "sites": sites,
+            "strategy": config.federation.strategy,
+            "config": config.model_dump(mode="json", by_alias=True),
+        },
+        communication={
+            "adapter_bytes": adapter_bytes(initial),
+            "adapter_parameters": trainable,
+            "full_model_bytes": 4 * (total - trainable),
+            "model_parameters": total - trainable,
+            "sites": len(sites),
+        },
+    )
+
+    def evaluated(rnd: int, per_site: dict[str, Scores]) -> None:
+        recorder.evaluated(rnd, per_site)
+        if listener:
+            listener("evaluated", rnd, per_site)
+
+    def trained(rnd: int, per_site: dict[str, dict[str, float]]) -> None:
+        recorder.trained(rnd, per_site)
+        if listener:
+            listener("trained", rnd, per_site)
+
+    fed = config.federation
+    strategy = FedMedLoRA(
+        {k: tuple(v.shape) for k, v in initial.items()},
+        min_sites=fed.min_sites or len(sites),
+        fraction_train=fed.fraction_train,
+        evaluate_every=fed.evaluate_every,
+        num_rounds=fed.rounds,
+        on_evaluated=evaluated,
+        on_trained=trained,
+    )
+    recipe_json = recipe.to_json()
+    arrays = to_record(initial)
+    status, error = "completed", None
+    try:
+        if fed.evaluate_zero_shot:
+            if listener:
+                listener("zero-shot", 0, None)
+            zero_cfg = ConfigRecord(
+                {"recipe": recipe_json, "zero-shot-prompt": config.task.zero_shot_definitions}
+            )
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(0, arrays, zero_cfg, grid), timeout=fed.timeout_s
+            )
+            strategy.aggregate_evaluate(0, replies)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=arrays,
+            num_rounds=fed.rounds,
+            timeout=fed.timeout_s,
+            train_config=ConfigRecord(
+                {"recipe": recipe_json, "total-steps": fed.rounds * recipe.train.local_steps}
+            ),
+            evaluate_config=ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": False}),
+        )
+        missing = [r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics]
+        if missing:
+            raise FedMedLoRAError(
+                f"no site replied usefully in round(s) {missing}: "
+                + "; ".join(strategy.rejected[:5])
+            )
+        save_adapter(lm.model, from_record(result.arrays), out_dir / "adapter")
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        recorder.data["rejected_replies"] = strategy.rejected
+        recorder.traffic(dict(strategy.traffic))
+        results = recorder.finish(status, **({"error": error} if error else {}))
+        if any("sites" in r for r in results["rounds"]):
+            write_report(results, out_dir)
+    return results
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    path = str(context.run_config.get("config", "")) or None
+    out = Path(str(context.run_config.get("out", "") or "runs/flwr"))
+    run_federation(grid, load_config(path), out)

@@ -1,0 +1,69 @@
+"""One machine, many virtual sites: the same ServerApp and ClientApp on Flower's
+Simulation Engine (Ray), each site's ClientApp in its own actor process."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmedlora.config import RunConfig
+from fedmedlora.federation.client_app import app as client_app
+from fedmedlora.federation.server_app import Listener, run_federation
+
+
+def backend_config(config: RunConfig) -> dict[str, Any]:
+    import torch
+
+    n_sites = len(config.data.site_names)
+    gpus = config.simulation.client_gpus
+    if gpus is None:
+        gpus = 1.0 / n_sites if torch.cuda.is_available() else 0.0
+    return {
+        "client_resources": {"num_cpus": config.simulation.client_cpus, "num_gpus": gpus},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+        },
+    }
+
+
+def simulate(
+    config: RunConfig, out_dir: Path, listener: Listener | None = None, quiet: bool = True
+) -> dict[str, Any]:
+    """Run the federation in simulation; returns results.json's content."""
+    from flwr.simulation import run_simulation
+
+    outcome: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            outcome["results"] = run_federation(grid, config, out_dir, listener)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            outcome["error"] = exc
+
+    flwr_logger = logging.getLogger("flwr")
+    previous = flwr_logger.level
+    if quiet:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client_app,
+            num_supernodes=len(config.data.site_names),
+            backend_config=backend_config(config),
+        )
+    finally:
+        flwr_logger.setLevel(previous)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "results" not in outcome:
+        raise RuntimeError("the simulation ended without running the server app")
+    return outcome["results"]

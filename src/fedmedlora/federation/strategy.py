@@ -1,0 +1,184 @@
+"""Fed-MedLoRA as a Flower strategy: FedAvg's sampling and messaging, plus
+
+- every reply checked against the egress rules before use (privacy.check_reply),
+- aggregation by the pure `aggregation.weighted_average`,
+- per-site evaluation kept (FedAvg would average metrics away), as metric counts,
+- the wire size of every message, down and up, per round.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from logging import WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fedmedlora.evaluation.metrics import Scores
+from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    SITE,
+    from_record,
+    to_record,
+    wire_bytes,
+)
+from fedmedlora.federation.privacy import EgressViolation, check_reply
+
+NUM_EXAMPLES = "num-examples"
+
+
+class FedMedLoRA(FedAvg):
+    def __init__(
+        self,
+        adapter_shapes: dict[str, tuple[int, ...]],
+        *,
+        min_sites: int,
+        fraction_train: float = 1.0,
+        evaluate_every: int = 1,
+        num_rounds: int = 1,
+        on_evaluated: Callable[[int, dict[str, Scores]], None] | None = None,
+        on_trained: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    ):
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_sites if fraction_train == 1.0 else 1,
+            min_evaluate_nodes=min_sites,
+            min_available_nodes=min_sites,
+            weighted_by_key=NUM_EXAMPLES,
+            arrayrecord_key=ARRAYS,
+            configrecord_key=CONFIG,
+        )
+        self.adapter_shapes = adapter_shapes
+        self.evaluate_every = evaluate_every
+        self.num_rounds = num_rounds
+        self.on_evaluated = on_evaluated
+        self.on_trained = on_trained
+        # round -> phase ("train"/"evaluate") -> direction -> bytes
+        self.traffic: defaultdict[int, dict] = defaultdict(
+            lambda: {p: {"down": 0, "up": 0, "messages": 0} for p in ("train", "evaluate")}
+        )
+        self.rejected: list[str] = []
+        self.site_scores: dict[int, dict[str, Scores]] = {}
+        self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
+
+    # --- accounting -------------------------------------------------------------------
+    def _count(
+        self, server_round: int, phase: str, direction: str, messages: Iterable[Message]
+    ) -> list[Message]:
+        messages = list(messages)
+        slot = self.traffic[server_round][phase]
+        for m in messages:
+            slot[direction] += wire_bytes(m)
+            if direction == "down":
+                slot["messages"] += 1
+        return messages
+
+    def _accepted(self, replies: Iterable[Message], train: bool) -> list[tuple[str, Message]]:
+        """(site, reply) for replies that carry no error and pass the egress check."""
+        good: list[tuple[str, Message]] = []
+        for msg in replies:
+            if msg.has_error():
+                self.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                continue
+            try:
+                check_reply(msg.content, self.adapter_shapes if train else None)
+                if len(msg.content.metric_records) != 1:
+                    raise EgressViolation("expected exactly one metric record")
+                if train and len(msg.content.array_records) != 1:
+                    raise EgressViolation("expected exactly one array record")
+            except EgressViolation as exc:
+                reason = f"node {msg.metadata.src_node_id}: rejected reply: {exc}"
+                log(WARNING, reason)
+                self.rejected.append(reason)
+                continue
+            site_rec = msg.content.config_records.get(SITE)
+            site = str(site_rec[SITE]) if site_rec else f"node-{msg.metadata.src_node_id}"
+            good.append((site, msg))
+        return good
+
+    # --- training ---------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._count(
+            server_round,
+            "train",
+            "down",
+            super().configure_train(server_round, arrays, config, grid),
+        )
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = self._count(server_round, "train", "up", replies)
+        accepted = self._accepted(replies, train=True)
+        if not accepted:
+            return None, None
+        states, weights, per_site = [], [], {}
+        for site, msg in accepted:
+            metrics = msg.content.metric_records[next(iter(msg.content.metric_records))]
+            states.append(
+                from_record(msg.content.array_records[next(iter(msg.content.array_records))])
+            )
+            weights.append(float(metrics[NUM_EXAMPLES]))
+            per_site[site] = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+        aggregated = weighted_average(states, weights)
+        self.train_metrics[server_round] = per_site
+        if self.on_trained:
+            self.on_trained(server_round, per_site)
+        total = sum(weights)
+        loss = (
+            sum(
+                m.get("train-loss", 0.0) * w
+                for m, w in zip(per_site.values(), weights, strict=True)
+            )
+            / total
+        )
+        return to_record(aggregated), MetricRecord({"train-loss": loss, "sites": len(states)})
+
+    # --- evaluation -------------------------------------------------------------------
+    def wants_evaluation(self, server_round: int) -> bool:
+        if server_round == 0 or server_round == self.num_rounds:
+            return True
+        return self.evaluate_every > 0 and server_round % self.evaluate_every == 0
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not self.wants_evaluation(server_round):
+            return []
+        return self._count(
+            server_round,
+            "evaluate",
+            "down",
+            super().configure_evaluate(server_round, arrays, config, grid),
+        )
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> MetricRecord | None:
+        replies = self._count(server_round, "evaluate", "up", replies)
+        accepted = self._accepted(replies, train=False)
+        if not accepted:
+            return None
+        per_site: dict[str, Scores] = {}
+        micro = Scores()
+        for site, msg in accepted:
+            metrics = msg.content.metric_records[next(iter(msg.content.metric_records))]
+            scores = Scores.from_counts(dict(metrics))
+            per_site[site] = scores
+            micro += scores
+        self.site_scores[server_round] = per_site
+        if self.on_evaluated:
+            self.on_evaluated(server_round, per_site)
+        return MetricRecord(micro.summary())

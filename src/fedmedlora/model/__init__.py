@@ -1,0 +1,1 @@
+"""Models: resolving names to local weights, the tiny test model, LoRA adapters."""

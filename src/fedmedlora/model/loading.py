@@ -1,0 +1,68 @@
+"""Loading base models and choosing device and numeric precision."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+
+from fedmedlora.errors import ConfigError
+from fedmedlora.model.registry import resolve_model
+
+PRECISIONS = ("auto", "fp32", "bf16-autocast")
+
+
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """bf16 autocast where the hardware runs it fast (measured 3x faster than fp32 for
+    SmolLM2 LoRA steps on an AVX512-BF16 CPU), fp32 elsewhere. Weights stay fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16-autocast" if _cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    if precision == "bf16-autocast":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, device: torch.device | None = None):
+    """A frozen fp32 base model in eval mode."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device or torch.device("cpu"))

@@ -1,0 +1,1 @@
+"""Local supervised fine-tuning at a site: examples, batches, schedule, the loop."""

@@ -1,0 +1,110 @@
+"""The local training loop: explicit, no trainer framework, so what runs is what you read.
+
+One call trains for `steps` optimizer steps starting at global step `start_step` of a
+run of `total_steps` (all rounds), which keeps the schedule continuous across rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, Field
+
+from fedmedlora.model.loading import autocast
+from fedmedlora.training.batching import batch_order, collate
+from fedmedlora.training.examples import Example
+from fedmedlora.training.schedule import lr_multiplier
+
+
+class TrainSettings(BaseModel):
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    local_steps: int = Field(10, ge=1, description="optimizer steps per round")
+    warmup_steps: int = Field(2, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    examples: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+
+
+def train_steps(
+    model,
+    examples: list[Example],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    start_step: int,
+    total_steps: int,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    steps: int | None = None,
+) -> TrainStats:
+    """Train the model's trainable (adapter) parameters in place."""
+    steps = settings.local_steps if steps is None else steps
+    stats = TrainStats()
+    if not examples or steps == 0:
+        return stats
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    lengths = [len(ex) for ex in examples]
+    micro = iter(
+        batch_order(
+            len(examples),
+            settings.batch_size,
+            steps * settings.grad_accum,
+            seed=seed,
+            lengths=lengths,
+        )
+    )
+    model.train()
+    began = time.perf_counter()
+    for step in range(start_step, start_step + steps):
+        lr = settings.learning_rate * lr_multiplier(
+            step, total_steps, settings.warmup_steps, settings.min_lr_ratio
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = [
+            collate([examples[i] for i in next(micro)], pad_id) for _ in range(settings.grad_accum)
+        ]
+        n_target = sum(int((b["labels"] != -100).sum()) for b in batches)
+        step_loss = 0.0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(precision, device):
+                out = model(**batch)
+            # Weight each micro-batch by its share of target tokens, so accumulation
+            # equals one large batch.
+            share = int((batch["labels"] != -100).sum()) / n_target
+            (out.loss.float() * share).backward()
+            step_loss += out.loss.item() * share
+            stats.examples += batch["input_ids"].shape[0]
+            stats.tokens += int(batch["attention_mask"].sum())
+        stats.target_tokens += n_target
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stats.losses.append(step_loss)
+        stats.steps += 1
+    stats.seconds = time.perf_counter() - began
+    model.eval()
+    return stats
