@@ -39,7 +39,8 @@ def add_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", seed: 
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, settings.peft_config(task_type))
+        wrapped = get_peft_model(model, settings.peft_config(task_type))
+    return wrapped.eval()  # the training loop switches to train mode itself
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:

@@ -61,7 +61,7 @@ SHORT_NAMES: dict[str, ModelEntry] = {
     "tiny-random": ModelEntry(
         "causal-lm",
         "a 2-layer random Llama with a 600-token tokenizer, for tests",
-        _cached("tiny-random-v1", _tiny),
+        _cached("tiny-random-v2", _tiny),
     ),
     "minilm-l6": ModelEntry(
         "encoder",

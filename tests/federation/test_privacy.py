@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedmedlora.federation.privacy import EgressViolation, check_reply
+
+SHAPES = {"a.lora_A.weight": (2, 4), "a.lora_B.weight": (4, 2)}
+
+
+def _arrays(**over):
+    arrays = {k: np.zeros(s, dtype=np.float32) for k, s in SHAPES.items()}
+    arrays.update(over)
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def test_adapter_and_numbers_pass():
+    check_reply(
+        RecordDict(
+            {
+                "arrays": _arrays(),
+                "metrics": MetricRecord({"num-examples": 3, "train-loss": 0.5}),
+                "site": ConfigRecord({"site": "hospital-a"}),
+            }
+        ),
+        SHAPES,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            RecordDict({"site": ConfigRecord({"site": "a", "note": "Pt c/o chest pain"})}),
+            "'note' is not allowed",
+        ),
+        (
+            RecordDict({"site": ConfigRecord({"site": "chest pain since yesterday"})}),
+            "'site' is not allowed",
+        ),
+        (
+            RecordDict({"arrays": _arrays(**{"a.lora_A.weight": np.arange(8).reshape(2, 4)})}),
+            "not a float tensor",
+        ),
+        (
+            RecordDict({"arrays": _arrays(**{"input_ids": np.zeros((1, 5), np.float32)})}),
+            "unexpected \\['input_ids'\\]",
+        ),
+        (
+            RecordDict({"arrays": _arrays(**{"a.lora_B.weight": np.zeros((4, 3), np.float32)})}),
+            "shape",
+        ),
+        (RecordDict({"metrics": MetricRecord({"ids": list(range(2000))})}), "long list"),
+    ],
+)
+def test_anything_else_is_refused(content, message):
+    with pytest.raises(EgressViolation, match=message):
+        check_reply(content, SHAPES)
+
+
+def test_arrays_are_refused_where_none_are_expected():
+    with pytest.raises(EgressViolation, match="only sent after training"):
+        check_reply(RecordDict({"arrays": _arrays()}), None)

@@ -1,0 +1,142 @@
+"""A tiny federation end to end on Flower's Simulation Engine: 2 sites x 2 rounds with the
+tiny model, every message recorded and audited."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedmedlora.config import load_config
+from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.federation.client_app import app as client_app
+from fedmedlora.federation.server_app import run_federation
+from fedmedlora.federation.simulation import backend_config
+from tests.fixtures import notes
+
+
+class RecordingGrid:
+    """Delegates to Flower's grid and keeps every message sent and received."""
+
+    def __init__(self, grid: Grid):
+        self._grid = grid
+        self.sent: list = []
+        self.received: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        messages = list(messages)
+        self.sent += messages
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        self.received += replies
+        return replies
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fed")
+    docs = {"north": notes(10, "north"), "south": notes(14, "south", offset=20)}
+    for site, site_docs in docs.items():
+        write_jsonl(site_docs, root / f"{site}.jsonl")
+    (root / "run.yaml").write_text(
+        "name: tiny\nmodel: {name: tiny-random}\n"
+        "train: {local_steps: 3, batch_size: 4, learning_rate: 0.01}\n"
+        "generation: {batch_size: 8, max_new_tokens: 24}\n"
+        "data:\n  sites:\n"
+        "    - {name: north, train: north.jsonl, test_fraction: 0.3}\n"
+        "    - {name: south, train: south.jsonl, test_fraction: 0.3,"
+        " entity_types: [problem, drug, dosage], relation_types: [modifies]}\n"
+        "federation: {rounds: 2}\n"
+    )
+    config = load_config(root / "run.yaml")
+    out = root / "out"
+    holder = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        holder["grid"] = RecordingGrid(grid)
+        holder["results"] = run_federation(holder["grid"], config, out)
+
+    run_simulation(
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=2,
+        backend_config=backend_config(config),
+    )
+    assert "results" in holder, "server app did not finish"
+    return holder["grid"], holder["results"], out, docs
+
+
+def test_results_have_per_round_per_site_metrics_and_communication(federation):
+    _, results, out, _ = federation
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["run"]["status"] == "completed"
+    assert [r["round"] for r in on_disk["rounds"]] == [0, 1, 2]
+    for r in on_disk["rounds"]:
+        assert set(r["sites"]) == {"north", "south"}
+        assert 0.0 <= r["sites"]["north"]["entity_strict_f1"] <= 1.0
+    assert set(on_disk["rounds"][1]["train"]) == {"north", "south"}
+    final = on_disk["final"]["sites"]["south"]
+    assert set(final) == {
+        "entity_strict_f1",
+        "entity_lenient_f1",
+        "relation_strict_f1",
+        "relation_lenient_f1",
+    }
+    comm = on_disk["communication"]
+    assert comm["adapter_bytes_per_round"] > 2 * 2 * comm["adapter_bytes"] * 0.99
+    assert comm["full_model_bytes"] > comm["adapter_bytes"]
+    # south annotates only three types, so nothing else is scored there
+    south = on_disk["rounds"][2]["sites"]["south"]["detail"]["entity"]["strict"]["per_type"]
+    assert set(south) <= {"problem", "drug", "dosage"}
+    assert (out / "report.md").is_file() and (out / "f1_per_round.png").is_file()
+
+
+def test_sites_send_only_adapter_tensors_and_counts(federation):
+    grid, _, _, docs = federation
+    assert len(grid.received) == 2 * 3 + 2 * 2  # evaluate rounds 0-2, train rounds 1-2
+    secrets = {d.text for ds in docs.values() for d in ds}
+    secrets |= {e.text for ds in docs.values() for d in ds for e in d.entities if len(e.text) > 3}
+    for msg in grid.sent + grid.received:
+        assert not msg.has_error(), msg.error.reason if msg.has_error() else ""
+        wire = message_to_proto(msg).SerializeToString()
+        leaked = [s for s in secrets if s.encode() in wire]
+        assert not leaked, f"note text on the wire: {leaked[:3]}"
+    for reply in grid.received:
+        content = reply.content
+        assert set(content.config_records) <= {"site"}
+        for record in content.array_records.values():
+            for key in record:
+                arr = record[key].numpy()
+                assert ".lora_A." in key or ".lora_B." in key
+                assert np.issubdtype(arr.dtype, np.floating)
+        for record in content.metric_records.values():
+            assert all(isinstance(v, int | float) for v in record.values())
+
+
+def test_global_adapter_is_the_example_weighted_average_of_the_last_round(federation):
+    grid, _, out, _ = federation
+    from safetensors.torch import load_file
+
+    last_train = [m for m in grid.received if m.content.array_records][-2:]
+    states = [dict(m.content["arrays"].to_torch_state_dict()) for m in last_train]
+    weights = [m.content["metrics"]["num-examples"] for m in last_train]
+    assert weights[0] != weights[1]  # different site sizes, so the weighting matters
+    expected = weighted_average(states, weights)
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert set(saved) == {k.replace(".default", "") for k in expected} or set(saved) == set(
+        expected
+    )
+    for key, value in expected.items():
+        assert torch.allclose(saved[key], value, atol=1e-6)
