@@ -34,10 +34,12 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FedMedLoRAError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
-            console.print(f"[bold red]error:[/] invalid input: {exc}", highlight=False)
+            console.print(
+                f"[bold red]error:[/] invalid input: {exc}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -63,8 +63,3 @@ def download(
         )
     else:
         typer.echo(f"Downloaded {result.name}: {result.files} files verified in {result.path}.")
-
-
-def register(data_app: typer.Typer) -> None:
-    """Add the `download` command to the `data` sub-app."""
-    data_app.command("download")(download)
