@@ -32,7 +32,6 @@ class ModelSettings(_Strict):
 class TaskSettings(_Strict):
     max_chunk_tokens: int = Field(48, ge=8)
     max_length: int = Field(384, ge=32)
-    zero_shot_definitions: bool = True
 
 
 class SyntheticData(_Strict):

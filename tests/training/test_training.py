@@ -10,7 +10,7 @@ from fedmedlora.model.loading import load_causal_lm, load_tokenizer
 from fedmedlora.model.lora import LoraSettings, adapter_state, add_lora
 from fedmedlora.training.batching import IGNORE, batch_order, collate
 from fedmedlora.training.examples import build_examples
-from fedmedlora.training.loop import TrainSettings, train_steps
+from fedmedlora.training.loop import TrainSettings, causal_lm_loss, train_steps
 from fedmedlora.training.schedule import lr_multiplier
 from tests.fixtures import notes
 
@@ -48,14 +48,33 @@ def test_site_types_restrict_the_target(tok):
     assert "Types: problem, drug." in tok.decode(ex.prompt_ids)
 
 
-def test_collate_masks_prompt_and_padding(examples):
+def test_collate_left_pads_and_labels_only_the_target(examples):
     batch = collate(examples[:3], pad_id=0)
+    width = batch["input_ids"].shape[1]
     for row, ex in enumerate(examples[:3]):
         labels = batch["labels"][row]
-        assert (labels[: len(ex.prompt_ids)] == IGNORE).all()
-        assert labels[len(ex.prompt_ids) : len(ex)].tolist() == ex.target_ids
-        assert (labels[len(ex) :] == IGNORE).all()
+        pad = width - len(ex)
+        assert batch["input_ids"][row, pad:].tolist() == ex.prompt_ids + ex.target_ids
+        assert (labels[: width - len(ex.target_ids)] == IGNORE).all()
+        assert labels[width - len(ex.target_ids) :].tolist() == ex.target_ids
         assert batch["attention_mask"][row].sum() == len(ex)
+        assert batch["position_ids"][row, pad:].tolist() == list(range(len(ex)))
+
+
+def test_tail_logits_loss_equals_the_reference_loss(tok, examples):
+    """Our loss (left padding, logits for the tail only) equals transformers' own loss on
+    each example alone, averaged over target tokens."""
+    model = _model()
+    batch = collate(examples[:4], pad_id=tok.pad_token_id)
+    ours = causal_lm_loss(model, batch).item()
+    total, count = 0.0, 0
+    for ex in examples[:4]:
+        ids = torch.tensor([ex.prompt_ids + ex.target_ids])
+        labels = torch.tensor([[IGNORE] * len(ex.prompt_ids) + ex.target_ids])
+        n = len(ex.target_ids)
+        total += model(input_ids=ids, labels=labels).loss.item() * n
+        count += n
+    assert ours == pytest.approx(total / count, rel=1e-4)
 
 
 def test_batch_order_is_seeded_covers_epochs_and_cycles():

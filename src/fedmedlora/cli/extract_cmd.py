@@ -63,9 +63,13 @@ def extract(
         ),
     ] = None,
     schema: Annotated[str, typer.Option(help="schema name or YAML file")] = "clinical",
-    definitions: Annotated[
+    zero_shot_prompt: Annotated[
         bool | None,
-        typer.Option(help="put type definitions in the prompt (default: only without adapter)"),
+        typer.Option(
+            "--zero-shot-prompt/--tuned-prompt",
+            help="instructions and type definitions in the prompt (default: only "
+            "without an adapter)",
+        ),
     ] = None,
     max_chunk_tokens: Annotated[int, typer.Option(help="note tokens per window")] = 48,
     batch_size: Annotated[int, typer.Option(help="generation batch size")] = 16,
@@ -103,7 +107,7 @@ def extract(
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
         lm = PeftModel.from_pretrained(lm, adapter).eval()
-    style = PromptStyle(definitions=adapter is None if definitions is None else definitions)
+    style = PromptStyle(zero_shot=adapter is None if zero_shot_prompt is None else zero_shot_prompt)
     settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"extracting from {len(docs)} notes", total=None)

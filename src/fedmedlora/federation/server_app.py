@@ -85,9 +85,7 @@ def run_federation(
         if fed.evaluate_zero_shot:
             if listener:
                 listener("zero-shot", 0, None)
-            zero_cfg = ConfigRecord(
-                {"recipe": recipe_json, "zero-shot-prompt": config.task.zero_shot_definitions}
-            )
+            zero_cfg = ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": True})
             replies = grid.send_and_receive(
                 strategy.configure_evaluate(0, arrays, zero_cfg, grid), timeout=fed.timeout_s
             )

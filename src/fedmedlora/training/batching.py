@@ -1,4 +1,4 @@
-"""Batches for causal-LM fine-tuning: right padding, labels masked on prompt and padding."""
+"""Batches for causal-LM fine-tuning: left padding, labels only on the target."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ IGNORE = -100
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch: every target ends at the last column, so the loss needs logits
+    only for the last `max target length + 1` positions (see loop.causal_lm_loss)."""
     width = max(len(ex) for ex in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, ex in enumerate(batch):
         seq = ex.prompt_ids + ex.target_ids
-        ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, len(ex.prompt_ids) : len(seq)] = torch.tensor(ex.target_ids)
-        mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        labels[row, width - len(ex.target_ids) :] = torch.tensor(ex.target_ids)
+        mask[row, width - len(seq) :] = 1
+    # Positions count real tokens only, as generation with left padding does.
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
 
 
 def batch_order(

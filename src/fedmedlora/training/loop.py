@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from fedmedlora.model.loading import autocast
@@ -27,6 +28,28 @@ class TrainSettings(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token loss over the target tokens of a left-padded batch.
+
+    Only the logits of the last K positions are computed (K = longest target + 1): the
+    vocabulary projection of prompt tokens is skipped, about 30% of a SmolLM2 step.
+    """
+    labels = batch["labels"]
+    width = labels.shape[1]
+    has_target = (labels != -100).any(dim=0).nonzero()
+    keep = width - int(has_target.min()) + 1 if has_target.numel() else 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # models without logits_to_keep: compute all, use the tail
+        logits = model(**inputs).logits[:, -keep:]
+    logits = logits[:, :-1]
+    targets = labels[:, width - keep + 1 :]
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
 
 
 @dataclass
@@ -91,12 +114,12 @@ def train_steps(
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
-                out = model(**batch)
+                loss = causal_lm_loss(model, batch)
             # Weight each micro-batch by its share of target tokens, so accumulation
             # equals one large batch.
             share = int((batch["labels"] != -100).sum()) / n_target
-            (out.loss.float() * share).backward()
-            step_loss += out.loss.item() * share
+            (loss * share).backward()
+            step_loss += loss.item() * share
             stats.examples += batch["input_ids"].shape[0]
             stats.tokens += int(batch["attention_mask"].sum())
         stats.target_tokens += n_target

@@ -133,7 +133,7 @@ class SiteRecipe:
         if state is not None:
             load_adapter_state(lm.model, state)
         spec = self.site.spec
-        style = PromptStyle(definitions=zero_shot_prompt)
+        style = PromptStyle(zero_shot=zero_shot_prompt)
         preds, stats = extract(
             lm.model,
             lm.tokenizer,
