@@ -39,6 +39,7 @@ def plot_f1(results: dict[str, Any], path: Path) -> None:
             label="all sites (micro)",
         )
         ax.set_title(metric.replace("_", " "))
+        ax.set_xticks([r["round"] for r in rounds])
         ax.set_xlabel("round (0 = zero-shot base model)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
@@ -69,9 +70,12 @@ def plot_bytes(results: dict[str, Any], path: Path) -> None:
             label="full model, one direction",
         )
     ax.set_yscale("log")
+    smallest = min([r["train_up_bytes"] for r in rows] + [r["train_down_bytes"] for r in rows])
+    ax.set_ylim(bottom=max(1, smallest / 10))
+    ax.set_xticks(xs)
     ax.set_xlabel("round")
     ax.set_ylabel("bytes on the wire (training messages, all sites)")
-    ax.legend()
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
