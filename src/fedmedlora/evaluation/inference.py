@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
@@ -22,6 +22,8 @@ from fedmedlora.training.examples import chunk_for, prompt_ids
 
 
 class GenerationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(256, ge=8)
     # Markup is the text plus tags; this bounds a run-away (e.g. zero-shot) output.

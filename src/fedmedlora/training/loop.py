@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.model.loading import autocast
 from fedmedlora.training.batching import batch_order, collate
@@ -20,6 +20,8 @@ from fedmedlora.training.schedule import lr_multiplier
 
 
 class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)

@@ -1,0 +1,156 @@
+"""The `fedmedlora` commands as a user runs them: outputs, and clear errors for mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedmedlora.cli.main import app
+from fedmedlora.data.formats.brat import read_brat
+from fedmedlora.data.formats.jsonl import load_jsonl, write_jsonl
+from tests.fixtures import notes
+
+runner = CliRunner()
+FEDMEDLORA = str(Path(sys.executable).parent / "fedmedlora")
+
+
+def test_score_prints_strict_and_lenient_json(tmp_path):
+    gold = notes(3)
+    pred = [gold[0], gold[1].model_copy(update={"entities": gold[1].entities[:2], "relations": []})]
+    write_jsonl(gold, tmp_path / "gold.jsonl")
+    write_jsonl(pred, tmp_path / "pred.jsonl")
+    result = runner.invoke(
+        app,
+        ["score", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl")],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    strict = out["entity"]["strict"]["micro"]
+    assert (strict["tp"], strict["fp"], strict["fn"]) == (8, 0, 10)
+    assert out["missing_predictions"] == ["a-2"]
+    assert out["entity"]["lenient"]["per_type"]["drug"]["tp"] == 2
+
+
+def test_score_reports_a_broken_file_by_line(tmp_path):
+    write_jsonl(notes(1), tmp_path / "gold.jsonl")
+    (tmp_path / "pred.jsonl").write_text('{"schema_version": 1, "id": "x", "text": "a"}\n{oops\n')
+    result = runner.invoke(
+        app,
+        ["score", "--gold", str(tmp_path / "gold.jsonl"), "--pred", str(tmp_path / "pred.jsonl")],
+    )
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'pred.jsonl'}:2: not valid JSON" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_extract_writes_jsonl_and_brat_from_text_files(tmp_path):
+    notes_dir = tmp_path / "notes"
+    notes_dir.mkdir()
+    for doc in notes(2):
+        (notes_dir / f"{doc.id}.txt").write_text(doc.text)
+    result = runner.invoke(
+        app,
+        [
+            "extract",
+            "--model",
+            "tiny-random",
+            "--input",
+            str(notes_dir),
+            "--out",
+            str(tmp_path / "pred.jsonl"),
+            "--brat",
+            str(tmp_path / "brat"),
+            "--max-new-tokens",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    preds = load_jsonl(tmp_path / "pred.jsonl")
+    assert [p.id for p in preds] == ["a-0", "a-1"]
+    back = read_brat(tmp_path / "brat")
+    assert not back.problems and sorted(d.id for d in back.documents) == ["a-0", "a-1"]
+
+
+def test_extract_errors_are_one_clear_line(tmp_path):
+    missing = runner.invoke(
+        app,
+        [
+            "extract",
+            "--model",
+            "tiny-random",
+            "--input",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    (tmp_path / "n.txt").write_text("No fever.")
+    bad_adapter = runner.invoke(
+        app,
+        [
+            "extract",
+            "--adapter",
+            str(tmp_path),
+            "--input",
+            str(tmp_path / "n.txt"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
+    assert bad_adapter.exit_code == 2 and "not a PEFT adapter folder" in bad_adapter.output
+    bad_type = runner.invoke(
+        app,
+        [
+            "extract",
+            "--model",
+            "tiny-random",
+            "--input",
+            str(tmp_path / "n.txt"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--entity-type",
+            "disease",
+        ],
+    )
+    assert bad_type.exit_code == 2 and "disease" in bad_type.output
+
+
+def test_run_config_errors_name_the_file_and_field(tmp_path):
+    missing = runner.invoke(app, ["run", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "none.yaml: config file not found" in missing.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: tiny-random}\ntrain: {learning_rate: -1, epochs: 3}\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.yaml: invalid run config" in result.output
+    assert "train.learning_rate" in result.output and "train.epochs" in result.output
+    wrong_set = runner.invoke(app, ["demo", "--set", "federation.rounds"])
+    assert wrong_set.exit_code == 2 and "KEY=VALUE" in wrong_set.output
+
+
+def test_run_end_to_end_in_a_fresh_process(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "name: cli\nmodel: {name: tiny-random}\n"
+        "train: {local_steps: 2, batch_size: 4}\n"
+        "generation: {batch_size: 8, max_new_tokens: 16}\n"
+        "data: {synthetic: {sites: [riverside, lakeside], train_docs: 4, test_docs: 2}}\n"
+        "federation: {rounds: 1}\n"
+    )
+    proc = subprocess.run(
+        [FEDMEDLORA, "run", str(config), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done in" in proc.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["final"]["sites"]) == {"riverside", "lakeside"}
+    for name in ("report.md", "f1_per_round.png", "bytes_per_round.png"):
+        assert (tmp_path / "out" / name).is_file()
