@@ -25,6 +25,9 @@ class _Strict(BaseModel):
 
 class ModelSettings(_Strict):
     name: str = "smollm2-135m"
+    # generative: a causal LM writes markup (Fed-MedLoRA); tagging: an encoder with a
+    # token-classification head (the BERT baseline).
+    task: Literal["generative", "tagging"] = "generative"
     precision: str = "auto"
     device: str = "auto"
 
@@ -32,6 +35,7 @@ class ModelSettings(_Strict):
 class TaskSettings(_Strict):
     max_chunk_tokens: int = Field(48, ge=8)
     max_length: int = Field(384, ge=32)
+    tagger_window_tokens: int = Field(128, ge=8, le=500)
 
 
 class SyntheticData(_Strict):
@@ -41,12 +45,14 @@ class SyntheticData(_Strict):
 
 
 class SiteSource(_Strict):
-    """A site's own annotated files. Without `test`, a seeded `test_fraction` of `train`
-    is held out."""
+    """A site's own annotated files (one path or several, e.g. train + dev). Without
+    `test`, a seeded `test_fraction` of `train` is held out. `test_windows` evaluates on a
+    seeded sample of that many sentence windows instead of whole test documents (for
+    budgets where long notes cost too much generation)."""
 
-    name: str
-    train: str
-    test: str | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    train: str | list[str]
+    test: str | list[str] | None = None
     format: str | None = None
     mapping: str | None = None
     entity_types: list[str] | None = None
@@ -54,6 +60,23 @@ class SiteSource(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_docs: int | None = Field(None, ge=1)
     max_test_docs: int | None = Field(None, ge=1)
+    test_windows: int | None = Field(None, ge=1)
+    window_chars: int = Field(240, ge=20)
+    strict: bool | None = Field(
+        None,
+        description="fail on any input problem "
+        "(default: for JSONL only; other readers skip and report)",
+    )
+
+    @property
+    def train_paths(self) -> list[str]:
+        return [self.train] if isinstance(self.train, str) else list(self.train)
+
+    @property
+    def test_paths(self) -> list[str]:
+        if self.test is None:
+            return []
+        return [self.test] if isinstance(self.test, str) else list(self.test)
 
 
 class DataSettings(_Strict):
@@ -163,9 +186,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     """Relative data paths are relative to the config file, not the working directory."""
+
+    def resolve(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
     for site in config.data.sites:
-        for attr in ("train", "test"):
-            value = getattr(site, attr)
-            if value and not Path(value).expanduser().is_absolute():
-                setattr(site, attr, str((base / value).resolve()))
+        site.train = [resolve(p) for p in site.train_paths]
+        if site.test is not None:
+            site.test = [resolve(p) for p in site.test_paths]
     return config

@@ -3,15 +3,18 @@ test the same way every time (seeded by document id, not file order)."""
 
 from __future__ import annotations
 
+import random
 import zlib
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedmedlora.config import DataSettings, SiteSource
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
-from fedmedlora.errors import ConfigError
+from fedmedlora.errors import AnnotationError, ConfigError, Problem
+from fedmedlora.task.chunking import chunk_document
 
 
 @dataclass
@@ -19,6 +22,8 @@ class SiteData:
     spec: SiteSpec
     train: list[Document]
     test: list[Document]
+    problems: list[Problem] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 def split_documents(
@@ -31,6 +36,28 @@ def split_documents(
     return [d for d in docs if d.id not in test_ids], [d for d in docs if d.id in test_ids]
 
 
+def sample_windows(docs: Sequence[Document], n: int, max_chars: int, seed: int) -> list[Document]:
+    """A seeded sample of `n` sentence windows (never cutting a gold entity), each as a
+    document of its own with the annotations inside it."""
+    windows: list[Document] = []
+    for doc in docs:
+        for ch in chunk_document(doc, max_chars).chunks:
+            if not ch.text.strip():
+                continue
+            windows.append(
+                Document(
+                    id=f"{doc.id}#{ch.index}",
+                    text=ch.text,
+                    site=doc.site,
+                    entities=ch.entities,
+                    relations=ch.relations,
+                    meta={"source_document": doc.id, "offset": ch.start},
+                )
+            )
+    random.Random(seed).shuffle(windows)
+    return sorted(windows[:n], key=lambda d: d.id)
+
+
 def _synthetic_site(name: str, n_train: int, n_test: int, seed: int) -> SiteData:
     from fedmedlora.data import synthetic
 
@@ -41,16 +68,25 @@ def _synthetic_site(name: str, n_train: int, n_test: int, seed: int) -> SiteData
     return SiteData(spec, docs[:n_train], docs[n_train:])
 
 
-def _read(path: str, fmt: str | None, source: SiteSource, schema: Schema) -> list[Document]:
-    from fedmedlora.data.formats.readers import read_any
+def _read(paths: list[str], source: SiteSource, schema: Schema, out: SiteData) -> list[Document]:
+    from fedmedlora.data.formats.readers import detect_format, read_any
 
-    result = read_any(path, fmt)
-    if source.mapping:
-        from fedmedlora.data.mapping import apply_mapping, load_mapping
+    docs: list[Document] = []
+    for path in paths:
+        fmt = source.format or detect_format(path)
+        result = read_any(path, fmt)
+        strict = source.strict if source.strict is not None else fmt == "jsonl"
+        if strict and result.problems:
+            raise AnnotationError(result.problems)
+        out.problems += result.problems
+        if source.mapping:
+            from fedmedlora.data.mapping import load_mapping, map_documents
 
-        mapping = load_mapping(source.mapping)
-        result.documents = [apply_mapping(d, mapping, schema)[0] for d in result.documents]
-    return [d.model_copy(update={"site": source.name}) for d in result.raise_if_problems()]
+            mapped, dropped = map_documents(result.documents, load_mapping(source.mapping), schema)
+            out.dropped.update(dropped)
+            result.documents = mapped
+        docs += [d.model_copy(update={"site": source.name}) for d in result.documents]
+    return docs
 
 
 def _site_spec(source: SiteSource, schema: Schema) -> SiteSpec:
@@ -71,17 +107,26 @@ def _site_spec(source: SiteSource, schema: Schema) -> SiteSpec:
 
 
 def load_source(source: SiteSource, schema: Schema, seed: int) -> SiteData:
-    spec = _site_spec(source, schema)
-    train = _read(source.train, source.format, source, schema)
-    if source.test:
-        test = _read(source.test, source.format, source, schema)
+    data = SiteData(_site_spec(source, schema), [], [])
+    train = _read(source.train_paths, source, schema, data)
+    if source.test is not None:
+        test = _read(source.test_paths, source, schema, data)
     else:
         train, test = split_documents(train, source.test_fraction, seed)
+    if not train:
+        raise ConfigError(
+            f"site {source.name}: no usable training documents in "
+            f"{source.train_paths} ({len(data.problems)} problems)"
+        )
     if source.max_train_docs:
         train = train[: source.max_train_docs]
     if source.max_test_docs:
         test = test[: source.max_test_docs]
-    return SiteData(spec, [spec.restrict(d) for d in train], [spec.restrict(d) for d in test])
+    if source.test_windows:
+        test = sample_windows(test, source.test_windows, source.window_chars, seed)
+    data.train = [data.spec.restrict(d) for d in train]
+    data.test = [data.spec.restrict(d) for d in test]
+    return data
 
 
 def load_site(data: DataSettings, name: str, schema: Schema, seed: int) -> SiteData:

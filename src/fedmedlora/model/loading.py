@@ -66,3 +66,27 @@ def load_causal_lm(name: str, device: torch.device | None = None):
     model.requires_grad_(False)
     model.eval()
     return model.to(device or torch.device("cpu"))
+
+
+def load_token_classifier(
+    name: str, num_labels: int, device: torch.device | None = None, seed: int = 0
+):
+    """An encoder with a fresh token-classification head (seeded, so every process builds
+    the same head), frozen, in eval mode."""
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is new by design: no "missing keys" report
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForTokenClassification.from_pretrained(
+                resolve_model(name), num_labels=num_labels, dtype=torch.float32
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device or torch.device("cpu"))

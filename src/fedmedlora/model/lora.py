@@ -24,7 +24,11 @@ class LoraSettings(BaseModel):
     def peft_config(self, task_type: str = "CAUSAL_LM"):
         from peft import LoraConfig
 
+        # The token-classification head is trained in full (PEFT's modules_to_save), so it
+        # must not also get a LoRA adapter.
+        exclude = ["classifier"] if task_type == "TOKEN_CLS" else None
         return LoraConfig(
+            exclude_modules=exclude,
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,

@@ -7,6 +7,7 @@ run of `total_steps` (all rounds), which keeps the schedule continuous across ro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -70,7 +71,7 @@ class TrainStats:
 
 def train_steps(
     model,
-    examples: list[Example],
+    examples: Sequence[Example],
     settings: TrainSettings,
     *,
     pad_id: int,
@@ -80,8 +81,11 @@ def train_steps(
     device: torch.device,
     precision: str,
     steps: int | None = None,
+    collate_fn: Callable[[list, int], dict] = collate,
+    loss_fn: Callable[[object, dict], torch.Tensor] = causal_lm_loss,
 ) -> TrainStats:
-    """Train the model's trainable (adapter) parameters in place."""
+    """Train the model's trainable (adapter) parameters in place. `collate_fn`/`loss_fn`
+    default to causal-LM fine-tuning; the encoder baseline passes its own."""
     steps = settings.local_steps if steps is None else steps
     stats = TrainStats()
     if not examples or steps == 0:
@@ -109,14 +113,15 @@ def train_steps(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batches = [
-            collate([examples[i] for i in next(micro)], pad_id) for _ in range(settings.grad_accum)
+            collate_fn([examples[i] for i in next(micro)], pad_id)
+            for _ in range(settings.grad_accum)
         ]
         n_target = sum(int((b["labels"] != -100).sum()) for b in batches)
         step_loss = 0.0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
-                loss = causal_lm_loss(model, batch)
+                loss = loss_fn(model, batch)
             # Weight each micro-batch by its share of target tokens, so accumulation
             # equals one large batch.
             share = int((batch["labels"] != -100).sum()) / n_target
