@@ -1,0 +1,68 @@
+import pytest
+
+from fedmedlora.config import SiteSource
+from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.data.sites import load_source, sample_windows, split_documents
+from fedmedlora.errors import AnnotationError, ConfigError
+from tests.fixtures import notes
+
+
+def test_split_is_seeded_by_id_not_order():
+    docs = notes(20)
+    train, test = split_documents(docs, 0.25, seed=1)
+    assert len(test) == 5 and not {d.id for d in train} & {d.id for d in test}
+    again = split_documents(list(reversed(docs)), 0.25, seed=1)[1]
+    assert {d.id for d in again} == {d.id for d in test}
+    assert {d.id for d in split_documents(docs, 0.25, seed=2)[1]} != {d.id for d in test}
+
+
+def test_windows_are_seeded_and_keep_their_annotations():
+    windows = sample_windows(notes(6), 5, max_chars=60, seed=0)
+    assert len(windows) == 5 and windows == sample_windows(notes(6), 5, 60, seed=0)
+    for w in windows:
+        assert w.consistency_problems() == []
+        assert "#" in w.id and w.meta["source_document"] in w.id
+    assert sum(len(w.entities) for w in windows) > 0
+
+
+def test_several_train_files_and_declared_types(tmp_path, schema):
+    write_jsonl(notes(6), tmp_path / "a.jsonl")
+    write_jsonl(notes(4, offset=10), tmp_path / "b.jsonl")
+    source = SiteSource(
+        name="h",
+        train=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+        entity_types=["drug", "dosage"],
+        relation_types=["modifies"],
+        test_fraction=0.2,
+    )
+    site = load_source(source, schema, seed=0)
+    assert len(site.train) + len(site.test) == 10 and len(site.test) == 2
+    assert {e.type for d in site.train for e in d.entities} == {"drug", "dosage"}
+    assert all(d.site == "h" for d in site.train)
+
+
+def test_jsonl_is_strict_and_other_formats_report_problems(tmp_path, schema, shared_data):
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl:1"):
+        load_source(SiteSource(name="x", train=str(tmp_path / "bad.jsonl")), schema, 0)
+    ncbi = SiteSource(
+        name="ncbi",
+        train=str(shared_data / "ncbi_disease/NCBItrainset_corpus.txt"),
+        mapping="ncbi_disease",
+        test_windows=10,
+    )
+    site = load_source(ncbi, schema, 0)
+    assert any("10923035" in p.reason for p in site.problems)
+    assert len(site.test) == 10 and site.spec.entity_types == ["problem"]
+
+
+def test_unusable_sites_fail_clearly(tmp_path, schema):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="no usable training documents"):
+        load_source(SiteSource(name="x", train=str(tmp_path / "empty.jsonl")), schema, 0)
+    with pytest.raises(ConfigError, match="types not in schema"):
+        load_source(
+            SiteSource(name="x", train=str(tmp_path / "empty.jsonl"), entity_types=["disease"]),
+            schema,
+            0,
+        )

@@ -1,0 +1,67 @@
+import torch
+
+from fedmedlora.config import Recipe
+from fedmedlora.data.schema import load_schema
+from fedmedlora.data.site import SiteSpec
+from fedmedlora.data.sites import SiteData
+from fedmedlora.evaluation.protocols import (
+    EvalSet,
+    evaluate_state,
+    load_peft_adapter,
+    sample_documents,
+    train_local,
+)
+from fedmedlora.model.lora import save_adapter
+from fedmedlora.training.recipe import initial_adapter, loaded_model
+from tests.fixtures import notes
+
+RECIPE = Recipe.model_validate(
+    {
+        "model": {"name": "tiny-random"},
+        "train": {"local_steps": 3, "batch_size": 4},
+        "generation": {"max_new_tokens": 16},
+    }
+)
+
+
+def _site(name, offset, types=None):
+    schema = load_schema()
+    spec = SiteSpec(name=name, entity_types=types) if types else SiteSpec.full(name, schema)
+    docs = [spec.restrict(d) for d in notes(6, name, offset)]
+    return SiteData(spec, docs[:4], docs[4:])
+
+
+def test_single_site_and_pooled_training_start_from_the_base_adapter():
+    a, b = _site("a", 0), _site("b", 30, ["problem", "drug"])
+    single, s1 = train_local(RECIPE, [a], steps=3)
+    pooled, s2 = train_local(RECIPE, [a, b], steps=3)
+    base = initial_adapter(RECIPE)
+    assert s1.steps == s2.steps == 3
+    assert any(not torch.equal(single[k], base[k]) for k in base)
+    assert any(not torch.equal(single[k], pooled[k]) for k in base)
+    # a warm start changes the result: training continues from the given adapter
+    warm, _ = train_local(RECIPE, [a], steps=3, start=pooled)
+    assert any(not torch.equal(warm[k], single[k]) for k in base)
+
+
+def test_evaluate_state_scores_every_set_on_its_types():
+    a = _site("a", 0)
+    sets = [
+        EvalSet("in", "in-domain", a.test, a.spec),
+        EvalSet("ext", "external", a.test, SiteSpec(name="ext", entity_types=["problem"])),
+    ]
+    scores = evaluate_state(RECIPE, initial_adapter(RECIPE), sets, log=lambda _: None)
+    assert set(scores) == {"in", "ext"}
+    gold_problems = sum(e.type == "problem" for d in a.test for e in d.entities)
+    ext = scores["ext"].micro("entity", "strict")
+    assert ext.tp + ext.fn == gold_problems
+
+
+def test_sampled_documents_and_saved_adapters_round_trip(tmp_path):
+    docs = notes(10)
+    assert sample_documents(docs, 3, seed=0) == sample_documents(docs, 3, seed=0)
+    assert len(sample_documents(docs, 50, seed=0)) == 10
+    state = {k: v + 0.01 for k, v in initial_adapter(RECIPE).items()}
+    save_adapter(loaded_model(RECIPE).model, state, tmp_path / "ad")
+    back = load_peft_adapter(tmp_path / "ad")
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
