@@ -42,6 +42,11 @@ class SyntheticData(_Strict):
     sites: list[str] = Field(default_factory=lambda: ["riverside", "northgate", "lakeside"])
     train_docs: int = Field(40, ge=1)
     test_docs: int = Field(8, ge=1)
+    corrupt_labels: dict[str, float] = Field(
+        default_factory=dict,
+        description="site -> share of its training entity labels reassigned to a wrong "
+        "type (robustness experiments)",
+    )
 
 
 class SiteSource(_Strict):
@@ -62,6 +67,13 @@ class SiteSource(_Strict):
     max_test_docs: int | None = Field(None, ge=1)
     test_windows: int | None = Field(None, ge=1)
     window_chars: int = Field(240, ge=20)
+    corrupt_labels: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training entity labels reassigned to a wrong type "
+        "(robustness experiments; the test split stays clean)",
+    )
     strict: bool | None = Field(
         None,
         description="fail on any input problem "
@@ -97,10 +109,45 @@ class DataSettings(_Strict):
         return self.synthetic.sites if self.synthetic else [s.name for s in self.sites]
 
 
+AggregationMethod = Literal[
+    "fedmedlora", "fedmedlora+", "ffa", "exact", "fedprox", "fedavgm", "fedadam", "fedyogi"
+]
+
+
+class AggregationSettings(_Strict):
+    """How the server combines site adapters (docs/aggregation.md compares them)."""
+
+    method: AggregationMethod = "fedmedlora"
+    # Fed-MedLoRA+: weights softmax(-validation loss / temperature), mixed with size weights.
+    temperature: float = Field(0.5, gt=0)
+    size_mix: float = Field(0.0, ge=0, le=1)
+    validation: Literal["sites", "server"] = Field(
+        "sites",
+        description="sites: each site reports the loss on its own held-out documents; "
+        "server: the server scores every adapter on `server_validation`",
+    )
+    server_validation: SiteSource | None = Field(
+        None, description="annotated documents the server holds (validation: server)"
+    )
+    # Server optimizers (FedAvgM, FedAdam, FedYogi) on the aggregated adapter delta.
+    server_lr: float | None = Field(None, gt=0, description="default: 1.0 FedAvgM, 0.01 Adam/Yogi")
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _server_data(self) -> AggregationSettings:
+        server = self.method == "fedmedlora+" and self.validation == "server"
+        if server and self.server_validation is None:
+            raise ValueError("validation: server needs server_validation (the server's data)")
+        return self
+
+
 class FederationSettings(_Strict):
     rounds: int = Field(3, ge=1)
     min_sites: int | None = Field(None, ge=1, description="default: number of configured sites")
-    strategy: Literal["fedmedlora"] = "fedmedlora"
+    aggregation: AggregationSettings = AggregationSettings()
     fraction_train: float = Field(1.0, gt=0, le=1)
     evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
     evaluate_zero_shot: bool = True
@@ -137,6 +184,17 @@ class RunConfig(Recipe):
     name: str = "run"
     federation: FederationSettings = FederationSettings()
     simulation: SimulationSettings = SimulationSettings()
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> RunConfig:
+        """Site-side settings some methods need, filled in where the user left them out."""
+        agg = self.federation.aggregation
+        site_validation = agg.method == "fedmedlora+" and agg.validation == "sites"
+        if site_validation and self.train.validation_fraction == 0:
+            self.train.validation_fraction = 0.1
+        if agg.method == "fedprox" and self.train.proximal_mu == 0:
+            self.train.proximal_mu = 0.01
+        return self
 
     def recipe(self) -> Recipe:
         fields = set(Recipe.model_fields)
@@ -191,7 +249,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else (base / path).resolve())
 
-    for site in config.data.sites:
+    server_data = config.federation.aggregation.server_validation
+    for site in [*config.data.sites, *([server_data] if server_data else [])]:
         site.train = [resolve(p) for p in site.train_paths]
         if site.test is not None:
             site.test = [resolve(p) for p in site.test_paths]

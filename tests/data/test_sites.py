@@ -1,7 +1,8 @@
 import pytest
 
-from fedmedlora.config import SiteSource
+from fedmedlora.config import DataSettings, SiteSource
 from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_source, sample_windows, split_documents
 from fedmedlora.errors import AnnotationError, ConfigError
 from tests.fixtures import notes
@@ -66,3 +67,43 @@ def test_unusable_sites_fail_clearly(tmp_path, schema):
             schema,
             0,
         )
+
+
+def test_corrupted_labels_change_a_seeded_share_of_training_types_only():
+    from fedmedlora.data.noise import corrupt_entity_types
+    from fedmedlora.data.sites import load_site
+
+    docs = notes(10)
+    types = ["problem", "drug", "dosage"]
+    eligible = sum(e.type in types for d in docs for e in d.entities)
+    bad, changed = corrupt_entity_types(docs, 0.4, types, seed=1)
+    assert changed == round(0.4 * eligible)
+    flipped = [
+        (a, b)
+        for d, c in zip(docs, bad, strict=True)
+        for a, b in zip(d.entities, c.entities, strict=True)
+        if a.type != b.type
+    ]
+    assert len(flipped) == changed
+    assert all(a.type in types and b.type in types and a.spans == b.spans for a, b in flipped)
+    assert corrupt_entity_types(docs, 0.4, types, seed=1)[0] == bad  # seeded
+    assert corrupt_entity_types(docs, 0.0, types, seed=1) == (docs, 0)
+
+    data = DataSettings(
+        synthetic={
+            "sites": ["riverside", "lakeside"],
+            "train_docs": 6,
+            "test_docs": 2,
+            "corrupt_labels": {"lakeside": 0.4},
+        }
+    )
+    clean_data = DataSettings(
+        synthetic={"sites": ["riverside", "lakeside"], "train_docs": 6, "test_docs": 2}
+    )
+    clean = load_site(clean_data, "lakeside", load_schema(), 0)
+    noisy = load_site(data, "lakeside", load_schema(), 0)
+    assert noisy.corrupted_labels > 0 and noisy.test == clean.test
+    assert [e.type for d in noisy.train for e in d.entities] != [
+        e.type for d in clean.train for e in d.entities
+    ]
+    assert load_site(data, "riverside", load_schema(), 0).corrupted_labels == 0

@@ -65,3 +65,17 @@ def test_sampled_documents_and_saved_adapters_round_trip(tmp_path):
     save_adapter(loaded_model(RECIPE).model, state, tmp_path / "ad")
     back = load_peft_adapter(tmp_path / "ad")
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_training_from_the_base_ignores_whatever_adapter_was_loaded_before():
+    """Baselines start from the seeded base adapter even after the model served another
+    adapter in this process (the shared model is changed in place)."""
+    a = _site("a", 0)
+    torch.manual_seed(0)  # LoRA dropout draws from the global generator
+    first, _ = train_local(RECIPE, [a], steps=2, seed=5)
+    base = initial_adapter(RECIPE)
+    assert all(not torch.count_nonzero(v) for k, v in base.items() if "lora_B" in k)
+    assert any(not torch.equal(first[k], base[k]) for k in base)  # the model now holds `first`
+    torch.manual_seed(0)
+    again, _ = train_local(RECIPE, [a], steps=2, seed=5)
+    assert all(torch.allclose(again[k], first[k]) for k in first)

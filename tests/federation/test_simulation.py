@@ -8,73 +8,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context
 from flwr.common.serde import message_to_proto
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
-from fedmedlora.config import load_config
-from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.federation.aggregation import weighted_average
-from fedmedlora.federation.client_app import app as client_app
-from fedmedlora.federation.server_app import run_federation
-from fedmedlora.federation.simulation import backend_config
-from tests.fixtures import notes
-
-
-class RecordingGrid:
-    """Delegates to Flower's grid and keeps every message sent and received."""
-
-    def __init__(self, grid: Grid):
-        self._grid = grid
-        self.sent: list = []
-        self.received: list = []
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
-
-    def send_and_receive(self, messages, *args, **kwargs):
-        messages = list(messages)
-        self.sent += messages
-        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
-        self.received += replies
-        return replies
+from tests.federation.tiny_federation import run_tiny
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fed")
-    docs = {"north": notes(10, "north"), "south": notes(14, "south", offset=20)}
-    for site, site_docs in docs.items():
-        write_jsonl(site_docs, root / f"{site}.jsonl")
-    (root / "run.yaml").write_text(
-        "name: tiny\nmodel: {name: tiny-random}\n"
-        "train: {local_steps: 3, batch_size: 4, learning_rate: 0.01}\n"
-        "generation: {batch_size: 8, max_new_tokens: 24}\n"
-        "data:\n  sites:\n"
-        "    - {name: north, train: north.jsonl, test_fraction: 0.3}\n"
-        "    - {name: south, train: south.jsonl, test_fraction: 0.3,"
-        " entity_types: [problem, drug, dosage], relation_types: [modifies]}\n"
-        "federation: {rounds: 2}\n"
-    )
-    config = load_config(root / "run.yaml")
-    out = root / "out"
-    holder = {}
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        holder["grid"] = RecordingGrid(grid)
-        holder["results"] = run_federation(holder["grid"], config, out)
-
-    run_simulation(
-        server_app=server,
-        client_app=client_app,
-        num_supernodes=2,
-        backend_config=backend_config(config),
-    )
-    assert "results" in holder, "server app did not finish"
-    return holder["grid"], holder["results"], out, docs
+    run = run_tiny(tmp_path_factory.mktemp("fed"))
+    return run.grid, run.results, run.out, run.docs
 
 
 def test_results_have_per_round_per_site_metrics_and_communication(federation):

@@ -10,7 +10,20 @@ import typer
 from rich.table import Table
 
 from fedmedlora.cli.common import console, parse_overrides, quiet_libraries, user_errors
-from fedmedlora.config import RunConfig, load_config
+from fedmedlora.config import AggregationMethod, RunConfig, load_config
+
+AGGREGATION_HELP = (
+    "aggregation method: "
+    + ", ".join(AggregationMethod.__args__)  # type: ignore[attr-defined]
+    + " (default: the config's federation.aggregation.method)"
+)
+
+
+def _overrides(set_: list[str] | None, aggregation: str | None) -> dict[str, Any]:
+    overrides = parse_overrides(set_)
+    if aggregation is not None:
+        overrides["federation.aggregation.method"] = aggregation
+    return overrides
 
 
 class ProgressPrinter:
@@ -86,10 +99,11 @@ def demo(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=2")
     ] = None,
+    aggregation: Annotated[str | None, typer.Option(help=AGGREGATION_HELP)] = None,
 ) -> None:
     """Run the whole path on the embedded default: three synthetic hospitals, SmolLM2-135M,
     Fed-MedLoRA on Flower's Simulation Engine; writes results.json, report.md and plots."""
-    execute(load_config(None, parse_overrides(set_)), out)
+    execute(load_config(None, _overrides(set_, aggregation)), out)
 
 
 @user_errors
@@ -99,7 +113,8 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override, e.g. train.local_steps=20")
     ] = None,
+    aggregation: Annotated[str | None, typer.Option(help=AGGREGATION_HELP)] = None,
 ) -> None:
     """Run a federation described by a config file in Flower's Simulation Engine."""
-    cfg = load_config(config, parse_overrides(set_))
+    cfg = load_config(config, _overrides(set_, aggregation))
     execute(cfg, out or Path("runs") / cfg.name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fedmedlora.config import DataSettings, SiteSource
 from fedmedlora.data.document import Document
+from fedmedlora.data.noise import corrupt_entity_types
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.errors import AnnotationError, ConfigError, Problem
@@ -24,6 +25,7 @@ class SiteData:
     test: list[Document]
     problems: list[Problem] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
+    corrupted_labels: int = 0  # training labels made wrong on purpose (data.noise)
 
 
 def split_documents(
@@ -58,14 +60,28 @@ def sample_windows(docs: Sequence[Document], n: int, max_chars: int, seed: int) 
     return sorted(windows[:n], key=lambda d: d.id)
 
 
-def _synthetic_site(name: str, n_train: int, n_test: int, seed: int) -> SiteData:
+def _synthetic_site(
+    name: str, n_train: int, n_test: int, seed: int, corrupt: float = 0.0
+) -> SiteData:
     from fedmedlora.data import synthetic
 
     if name not in synthetic.SYNTHETIC_SITES:
         raise ConfigError(f"unknown synthetic site {name!r}; known: {synthetic.SYNTHETIC_SITES}")
     spec = synthetic.site_spec(name)
     docs = synthetic.generate_site(name, n_train + n_test, seed)
-    return SiteData(spec, docs[:n_train], docs[n_train:])
+    return _corrupted(SiteData(spec, docs[:n_train], docs[n_train:]), corrupt, seed)
+
+
+def _corrupted(data: SiteData, fraction: float, seed: int) -> SiteData:
+    if fraction > 0:
+        data.train, changed = corrupt_entity_types(
+            data.train,
+            fraction,
+            data.spec.entity_types,
+            zlib.crc32(f"{seed}:{data.spec.name}".encode()),
+        )
+        data.corrupted_labels = changed
+    return data
 
 
 def _read(paths: list[str], source: SiteSource, schema: Schema, out: SiteData) -> list[Document]:
@@ -126,14 +142,20 @@ def load_source(source: SiteSource, schema: Schema, seed: int) -> SiteData:
         test = sample_windows(test, source.test_windows, source.window_chars, seed)
     data.train = [data.spec.restrict(d) for d in train]
     data.test = [data.spec.restrict(d) for d in test]
-    return data
+    return _corrupted(data, source.corrupt_labels, seed)
 
 
 def load_site(data: DataSettings, name: str, schema: Schema, seed: int) -> SiteData:
     if data.synthetic is not None:
         if name not in data.synthetic.sites:
             raise ConfigError(f"site {name!r} is not in data.synthetic.sites")
-        return _synthetic_site(name, data.synthetic.train_docs, data.synthetic.test_docs, seed)
+        syn = data.synthetic
+        unknown = sorted(set(syn.corrupt_labels) - set(syn.sites))
+        if unknown:
+            raise ConfigError(f"data.synthetic.corrupt_labels names unknown sites {unknown}")
+        return _synthetic_site(
+            name, syn.train_docs, syn.test_docs, seed, syn.corrupt_labels.get(name, 0.0)
+        )
     for source in data.sites:
         if source.name == name:
             return load_source(source, schema, seed)

@@ -137,6 +137,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
             lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
         lines += ["", "![F1 per site per round](f1_per_round.png)", ""]
+    lines += _contributions(results)
     comm = results["communication"]
     lines += [
         "## Communication",
@@ -168,6 +169,34 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("rejected_replies"):
         lines += ["## Rejected replies", ""] + [f"- {r}" for r in results["rejected_replies"]]
     return "\n".join(lines) + "\n"
+
+
+def _contributions(results: dict[str, Any]) -> list[str]:
+    """Each site's share of every round's aggregate: with Fed-MedLoRA+ these are its
+    data-aware contribution scores, otherwise its share of the examples."""
+    trained = [r for r in results["rounds"] if r.get("train")]
+    sites = sorted({s for r in trained for s in r["train"]})
+    if not sites:
+        return []
+    method = results["run"].get("aggregation", "fedmedlora")
+    lines = [
+        f"## Site contributions ({method}): weight of each site in the aggregate",
+        "",
+        "| round | " + " | ".join(sites) + " |",
+        "|---|" + "---|" * len(sites),
+    ]
+    for r in trained:
+        cells = []
+        for s in sites:
+            m = r["train"].get(s, {})
+            w = m.get("aggregation-weight")
+            loss = m.get("server-val-loss", m.get("val-loss"))
+            cell = "-" if w is None else f"{w:.3f}"
+            if w is not None and loss is not None:
+                cell += f" (val loss {loss:.3f})"
+            cells.append(cell)
+        lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> list[Path]:

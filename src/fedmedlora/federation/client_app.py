@@ -21,6 +21,7 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
 from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
+from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
 from fedmedlora.federation.privacy import check_reply
 from fedmedlora.training.recipe import SiteRecipe
 
@@ -53,6 +54,15 @@ def site_for(context: Context, recipe_json: str) -> SiteRecipe:
     return _site_recipe(recipe_json, names[pid], "")
 
 
+def complete(site: SiteRecipe, received: dict) -> dict:
+    """The full adapter from what the server sent: under FFA-LoRA only B travels, and A is
+    the shared seeded initialisation every site builds itself."""
+    initial = site.lm.initial
+    if set(received) == set(initial):
+        return received
+    return with_frozen_a(received, initial)
+
+
 def _reply(msg: Message, content: RecordDict, adapter_shapes=None) -> Message:
     check_reply(content, adapter_shapes)  # nothing but adapter tensors and numbers leaves
     return Message(content=content, reply_to=msg)
@@ -63,12 +73,23 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     site = site_for(context, str(config["recipe"]))
     server_round = int(config["server-round"])
-    global_state = from_record(msg.content[ARRAYS])
-    state, stats = site.train(global_state, server_round, int(config["total-steps"]))
+    method = str(config.get("aggregation", "fedmedlora"))
+    received = from_record(msg.content[ARRAYS])
+    state, stats = site.train(
+        complete(site, received),
+        server_round,
+        int(config["total-steps"]),
+        freeze=frozen_parameter if method == "ffa" else None,
+    )
+    state = {k: state[k] for k in received}  # send back what came: FFA sends B only
     name = site.site.spec.name
+    extra = {}
+    if site.validation.examples:
+        extra["val-loss"] = site.validation_loss()
     print(
-        f"[{name}] round {server_round}: {stats.steps} steps, loss {stats.mean_loss:.3f}, "
-        f"{stats.seconds:.0f}s",
+        f"[{name}] round {server_round}: {stats.steps} steps, loss {stats.mean_loss:.3f}"
+        + (f", validation loss {extra['val-loss']:.3f}" if extra else "")
+        + f", {stats.seconds:.0f}s",
         flush=True,
     )
     metrics = MetricRecord(
@@ -78,12 +99,13 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": stats.seconds,
             "train-steps": stats.steps,
             "train-tokens": stats.tokens,
+            **extra,
         }
     )
     content = RecordDict(
         {ARRAYS: to_record(state), METRICS: metrics, SITE: ConfigRecord({SITE: name})}
     )
-    return _reply(msg, content, {k: tuple(v.shape) for k, v in global_state.items()})
+    return _reply(msg, content, {k: tuple(v.shape) for k, v in received.items()})
 
 
 @app.evaluate()
@@ -92,7 +114,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = site_for(context, str(config["recipe"]))
     began = time.perf_counter()
     scores, stats = site.evaluate(
-        from_record(msg.content[ARRAYS]),
+        complete(site, from_record(msg.content[ARRAYS])),
         zero_shot_prompt=bool(config.get("zero-shot-prompt", False)),
     )
     name = site.site.spec.name

@@ -20,10 +20,17 @@ from fedmedlora.errors import FedMedLoRAError
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.evaluation.report import write_report
 from fedmedlora.evaluation.results import RunRecorder
+from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.strategy import FedMedLoRA
 from fedmedlora.model.lora import adapter_bytes, save_adapter
-from fedmedlora.training.recipe import initial_adapter, loaded_model
+from fedmedlora.training.recipe import (
+    LoadedModel,
+    build_site_examples,
+    initial_adapter,
+    loaded_model,
+    validation_loss,
+)
 
 Listener = Callable[[str, int, Any], None]
 
@@ -46,7 +53,7 @@ def run_federation(
             "model": config.model.name,
             "rounds": config.federation.rounds,
             "sites": sites,
-            "strategy": config.federation.strategy,
+            "aggregation": config.federation.aggregation.method,
             "config": config.model_dump(mode="json", by_alias=True),
         },
         communication={
@@ -69,8 +76,13 @@ def run_federation(
             listener("trained", rnd, per_site)
 
     fed = config.federation
+    aggregator = Aggregator(
+        fed.aggregation, recipe.lora, initial, server_loss=_server_loss(config, recipe, lm)
+    )
+    sent = aggregator.downlink(initial)
     strategy = FedMedLoRA(
-        {k: tuple(v.shape) for k, v in initial.items()},
+        {k: tuple(v.shape) for k, v in sent.items()},
+        aggregator=aggregator,
         min_sites=fed.min_sites or len(sites),
         fraction_train=fed.fraction_train,
         evaluate_every=fed.evaluate_every,
@@ -79,7 +91,7 @@ def run_federation(
         on_trained=trained,
     )
     recipe_json = recipe.to_json()
-    arrays = to_record(initial)
+    arrays = to_record(sent)
     status, error = "completed", None
     try:
         if fed.evaluate_zero_shot:
@@ -106,7 +118,7 @@ def run_federation(
                 f"no site replied usefully in round(s) {missing}: "
                 + "; ".join(strategy.rejected[:5])
             )
-        save_adapter(lm.model, from_record(result.arrays), out_dir / "adapter")
+        save_adapter(lm.model, aggregator.full(from_record(result.arrays)), out_dir / "adapter")
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -117,6 +129,31 @@ def run_federation(
         if any("sites" in r for r in results["rounds"]):
             write_report(results, out_dir)
     return results
+
+
+def _server_loss(config: RunConfig, recipe, lm: LoadedModel):
+    """Fed-MedLoRA+ with server-held data: the loss of an adapter on that data (all of
+    its documents, train and test alike: the server never trains on them)."""
+    agg = config.federation.aggregation
+    if agg.method != "fedmedlora+" or agg.validation != "server":
+        return None
+    from fedmedlora.data.schema import load_schema
+    from fedmedlora.data.sites import load_source
+    from fedmedlora.model.lora import load_adapter_state
+
+    assert agg.server_validation is not None  # the config's validator demands it
+    schema = load_schema(recipe.schema_name)
+    data = load_source(agg.server_validation, schema, recipe.seed)
+    docs = [*data.train, *data.test]
+    examples = build_site_examples(recipe, lm, docs, data.spec, schema).examples
+    if not examples:
+        raise FedMedLoRAError(f"server_validation {agg.server_validation.name!r}: no examples")
+
+    def loss(state):
+        load_adapter_state(lm.model, state)
+        return validation_loss(recipe, examples)
+
+    return loss
 
 
 app = ServerApp()

@@ -1,7 +1,8 @@
 """Fed-MedLoRA as a Flower strategy: FedAvg's sampling and messaging, plus
 
 - every reply checked against the egress rules before use (privacy.check_reply),
-- aggregation by the pure `aggregation.weighted_average`,
+- aggregation by the configured method (`aggregator.Aggregator`, pure tensor code;
+  Fed-MedLoRA's weighted average by default),
 - per-site evaluation kept (FedAvg would average metrics away), as metric counts,
 - the wire size of every message, down and up, per round.
 """
@@ -18,7 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from fedmedlora.evaluation.metrics import Scores
-from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.federation.messages import (
     ARRAYS,
     CONFIG,
@@ -37,6 +38,7 @@ class FedMedLoRA(FedAvg):
         self,
         adapter_shapes: dict[str, tuple[int, ...]],
         *,
+        aggregator: Aggregator,
         min_sites: int,
         fraction_train: float = 1.0,
         evaluate_every: int = 1,
@@ -55,6 +57,8 @@ class FedMedLoRA(FedAvg):
             configrecord_key=CONFIG,
         )
         self.adapter_shapes = adapter_shapes
+        self.aggregator = aggregator
+        self.current: dict | None = None  # the global adapter (as sent) of this round
         self.evaluate_every = evaluate_every
         self.num_rounds = num_rounds
         self.on_evaluated = on_evaluated
@@ -99,6 +103,11 @@ class FedMedLoRA(FedAvg):
                 continue
             site_rec = msg.content.config_records.get(SITE)
             site = str(site_rec[SITE]) if site_rec else f"node-{msg.metadata.src_node_id}"
+            if any(site == seen for seen, _ in good):
+                reason = f"node {msg.metadata.src_node_id}: a second reply for site {site!r}"
+                log(WARNING, reason)
+                self.rejected.append(reason)
+                continue
             good.append((site, msg))
         return good
 
@@ -106,6 +115,8 @@ class FedMedLoRA(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.current = from_record(arrays)
+        config = ConfigRecord({**config, "aggregation": self.aggregator.method})
         return self._count(
             server_round,
             "train",
@@ -122,27 +133,26 @@ class FedMedLoRA(FedAvg):
         accepted = self._accepted(replies, train=True)
         if not accepted:
             return None, None
-        states, weights, per_site = [], [], {}
+        updates = []
         for site, msg in accepted:
             metrics = msg.content.metric_records[next(iter(msg.content.metric_records))]
-            states.append(
-                from_record(msg.content.array_records[next(iter(msg.content.array_records))])
+            updates.append(
+                SiteUpdate(
+                    site,
+                    from_record(msg.content.array_records[next(iter(msg.content.array_records))]),
+                    float(metrics[NUM_EXAMPLES]),
+                    {k: float(v) for k, v in metrics.items() if not isinstance(v, list)},
+                )
             )
-            weights.append(float(metrics[NUM_EXAMPLES]))
-            per_site[site] = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
-        aggregated = weighted_average(states, weights)
+        assert self.current is not None, "configure_train runs before aggregate_train"
+        aggregated = self.aggregator.aggregate(server_round, self.current, updates)
+        weights = self.aggregator.weights_log[server_round]
+        per_site = {u.site: {**u.metrics, "aggregation-weight": weights[u.site]} for u in updates}
         self.train_metrics[server_round] = per_site
         if self.on_trained:
             self.on_trained(server_round, per_site)
-        total = sum(weights)
-        loss = (
-            sum(
-                m.get("train-loss", 0.0) * w
-                for m, w in zip(per_site.values(), weights, strict=True)
-            )
-            / total
-        )
-        return to_record(aggregated), MetricRecord({"train-loss": loss, "sites": len(states)})
+        loss = sum(u.metrics.get("train-loss", 0.0) * weights[u.site] for u in updates)
+        return to_record(aggregated), MetricRecord({"train-loss": loss, "sites": len(updates)})
 
     # --- evaluation -------------------------------------------------------------------
     def wants_evaluation(self, server_round: int) -> bool:

@@ -31,6 +31,14 @@ class TrainSettings(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    validation_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of a site's training documents held out to report a "
+        "validation loss (Fed-MedLoRA+ without server data)",
+    )
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx: weight of the proximal term")
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -83,9 +91,11 @@ def train_steps(
     steps: int | None = None,
     collate_fn: Callable[[list, int], dict] = collate,
     loss_fn: Callable[[object, dict], torch.Tensor] = causal_lm_loss,
+    regularizer: Callable[[], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train the model's trainable (adapter) parameters in place. `collate_fn`/`loss_fn`
-    default to causal-LM fine-tuning; the encoder baseline passes its own."""
+    default to causal-LM fine-tuning; the encoder baseline passes its own. `regularizer`
+    (e.g. FedProx's proximal term) is added to every step's loss."""
     steps = settings.local_steps if steps is None else steps
     stats = TrainStats()
     if not examples or steps == 0:
@@ -130,6 +140,10 @@ def train_steps(
             stats.examples += batch["input_ids"].shape[0]
             stats.tokens += int(batch["attention_mask"].sum())
         stats.target_tokens += n_target
+        if regularizer is not None:
+            penalty = regularizer()
+            penalty.backward()
+            step_loss += float(penalty.detach())
         torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -138,3 +152,36 @@ def train_steps(
     stats.seconds = time.perf_counter() - began
     model.eval()
     return stats
+
+
+@torch.no_grad()
+def mean_loss(
+    model,
+    examples: Sequence[Example],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    collate_fn: Callable[[list, int], dict] = collate,
+    loss_fn: Callable[[object, dict], torch.Tensor] = causal_lm_loss,
+) -> float:
+    """Loss over `examples`, weighted by target tokens as in training: how well an adapter
+    fits held-out data (Fed-MedLoRA+ weights sites by it)."""
+    if not examples:
+        raise ValueError("no examples to compute a loss on")
+    model.eval()
+    total, weight = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate_fn(list(examples[start : start + batch_size]), pad_id)
+        n = int((batch["labels"] != -100).sum())
+        if n == 0:
+            continue
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(precision, device):
+            loss = loss_fn(model, batch)
+        total += float(loss) * n
+        weight += n
+    if weight == 0:
+        raise ValueError("the examples have no target tokens")
+    return total / weight

@@ -6,9 +6,11 @@ markup, Fed-MedLoRA) or tagging (an encoder tags tokens, the BERT baseline)."""
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -19,6 +21,7 @@ from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
 from fedmedlora.evaluation.inference import ExtractionStats, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
+from fedmedlora.federation.methods.fedprox import proximal_term
 from fedmedlora.model.loading import (
     load_causal_lm,
     load_token_classifier,
@@ -30,7 +33,7 @@ from fedmedlora.model.lora import adapter_state, add_lora, load_adapter_state
 from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.task.tagging import LabelSet
 from fedmedlora.training.examples import ExampleSet, build_examples
-from fedmedlora.training.loop import TrainStats, train_steps
+from fedmedlora.training.loop import TrainStats, mean_loss, train_steps
 from fedmedlora.training.tagging import build_tag_examples, collate_tags, tagging_loss
 
 
@@ -40,6 +43,9 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     precision: str
+    # The seeded round-0 adapter, kept because training changes the model in place and
+    # FFA-LoRA needs the shared initial A long after.
+    initial: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -70,7 +76,11 @@ def loaded_model(recipe: Recipe) -> LoadedModel:
             base = load_causal_lm(recipe.model.name, device)
             model = add_lora(base, recipe.lora, seed=recipe.seed)
         _MODELS[key] = LoadedModel(
-            model, tokenizer, device, resolve_precision(recipe.model.precision, device)
+            model,
+            tokenizer,
+            device,
+            resolve_precision(recipe.model.precision, device),
+            initial=adapter_state(model),
         )
     return _MODELS[key]
 
@@ -78,7 +88,7 @@ def loaded_model(recipe: Recipe) -> LoadedModel:
 def initial_adapter(recipe: Recipe) -> dict[str, torch.Tensor]:
     """The round-0 global adapter: seeded A, zero B (the base model itself), plus the
     seeded classification head for the tagging task."""
-    return adapter_state(loaded_model(recipe).model)
+    return {k: v.clone() for k, v in loaded_model(recipe).initial.items()}
 
 
 def build_site_examples(
@@ -93,16 +103,24 @@ def build_site_examples(
     )
 
 
+def _task_fns(recipe: Recipe) -> dict:
+    if recipe.model.task == "tagging":
+        return {"collate_fn": collate_tags, "loss_fn": tagging_loss}
+    return {}
+
+
 def train_on(
-    recipe: Recipe, examples: Sequence, *, start_step: int, total_steps: int, steps: int, seed: int
+    recipe: Recipe,
+    examples: Sequence,
+    *,
+    start_step: int,
+    total_steps: int,
+    steps: int,
+    seed: int,
+    regularizer: Callable[[], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train the loaded model's adapter in place on `examples` (of any site or sites)."""
     lm = loaded_model(recipe)
-    task_fns = (
-        {"collate_fn": collate_tags, "loss_fn": tagging_loss}
-        if recipe.model.task == "tagging"
-        else {}
-    )
     return train_steps(
         lm.model,
         examples,
@@ -114,7 +132,22 @@ def train_on(
         device=lm.device,
         precision=lm.precision,
         steps=steps,
-        **task_fns,
+        regularizer=regularizer,
+        **_task_fns(recipe),
+    )
+
+
+def validation_loss(recipe: Recipe, examples: Sequence) -> float:
+    """Loss of the loaded model (with its current adapter) on held-out examples."""
+    lm = loaded_model(recipe)
+    return mean_loss(
+        lm.model,
+        examples,
+        pad_id=lm.tokenizer.pad_token_id,
+        batch_size=recipe.generation.batch_size,
+        device=lm.device,
+        precision=lm.precision,
+        **_task_fns(recipe),
     )
 
 
@@ -176,28 +209,60 @@ def evaluate_on(
 
 @dataclass
 class SiteRecipe:
-    """One site's training and evaluation, as its Flower client runs them."""
+    """One site's training and evaluation, as its Flower client runs them.
+
+    With `train.validation_fraction` > 0 a seeded share of the site's training documents
+    is held out (never trained on) to report a validation loss: Fed-MedLoRA+ weights
+    sites by it when the server holds no data of its own.
+    """
 
     recipe: Recipe
     site: SiteData
     extra_seed: int = 0
     _examples: ExampleSet | None = field(default=None, repr=False)
+    _validation: ExampleSet | None = field(default=None, repr=False)
+    _held: list[Document] | None = field(default=None, repr=False)
 
     @property
     def lm(self) -> LoadedModel:
         return loaded_model(self.recipe)
 
+    def _build(self, docs: Sequence[Document]) -> ExampleSet:
+        return build_site_examples(
+            self.recipe, self.lm, docs, self.site.spec, load_schema(self.recipe.schema_name)
+        )
+
+    def _split(self) -> None:
+        docs = list(self.site.train)
+        fraction = self.recipe.train.validation_fraction
+        held: list[Document] = []
+        if fraction > 0 and len(docs) > 1:
+            n = min(len(docs) - 1, max(1, round(fraction * len(docs))))
+            rng = random.Random(f"{self.recipe.seed}:{self.site.spec.name}:validation")
+            picked = set(rng.sample(range(len(docs)), n))
+            held = [d for i, d in enumerate(docs) if i in picked]
+            docs = [d for i, d in enumerate(docs) if i not in picked]
+        self._held = held
+        self._examples = self._build(docs)
+        self._validation = self._build(held) if held else ExampleSet()
+
     @property
     def examples(self) -> ExampleSet:
         if self._examples is None:
-            self._examples = build_site_examples(
-                self.recipe,
-                self.lm,
-                self.site.train,
-                self.site.spec,
-                load_schema(self.recipe.schema_name),
-            )
+            self._split()
         return self._examples
+
+    @property
+    def validation_documents(self) -> list[Document]:
+        if self._held is None:
+            self._split()
+        return self._held
+
+    @property
+    def validation(self) -> ExampleSet:
+        if self._validation is None:
+            self._split()
+        return self._validation
 
     def seed(self, server_round: int) -> int:
         return zlib.crc32(
@@ -210,19 +275,50 @@ class SiteRecipe:
         server_round: int,
         total_steps: int,
         steps: int | None = None,
+        *,
+        freeze: Callable[[str], bool] | None = None,
+        proximal_mu: float | None = None,
     ) -> tuple[dict[str, torch.Tensor], TrainStats]:
-        """Start from `state`, train one round's local steps, return the new adapter."""
-        load_adapter_state(self.lm.model, state)
+        """Start from `state`, train one round's local steps, return the new adapter.
+
+        `freeze(name)` keeps matching adapter parameters fixed (FFA-LoRA freezes every
+        lora_A); `proximal_mu` > 0 (default: the recipe's `train.proximal_mu`) adds
+        FedProx's term pulling towards `state`.
+        """
+        if proximal_mu is None:
+            proximal_mu = self.recipe.train.proximal_mu
+        model = self.lm.model
+        load_adapter_state(model, state)
         steps = self.recipe.train.local_steps if steps is None else steps
-        stats = train_on(
-            self.recipe,
-            self.examples.examples,
-            start_step=(server_round - 1) * steps,
-            total_steps=total_steps,
-            steps=steps,
-            seed=self.seed(server_round),
-        )
-        return adapter_state(self.lm.model), stats
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        frozen = [p for n, p in trainable.items() if freeze is not None and freeze(n)]
+        regularizer = None
+        if proximal_mu > 0:
+            live = {n: p for n, p in trainable.items() if freeze is None or not freeze(n)}
+            anchor = {n: p.detach().clone() for n, p in live.items()}
+            regularizer = partial(proximal_term, live, anchor, proximal_mu)
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            stats = train_on(
+                self.recipe,
+                self.examples.examples,
+                start_step=(server_round - 1) * steps,
+                total_steps=total_steps,
+                steps=steps,
+                seed=self.seed(server_round),
+                regularizer=regularizer,
+            )
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return adapter_state(model), stats
+
+    def validation_loss(self, state: dict[str, torch.Tensor] | None = None) -> float:
+        """Loss on the held-out validation documents (`state=None`: the loaded adapter)."""
+        if state is not None:
+            load_adapter_state(self.lm.model, state)
+        return validation_loss(self.recipe, self.validation.examples)
 
     def evaluate(
         self, state: dict[str, torch.Tensor] | None, zero_shot_prompt: bool = False, on_batch=None

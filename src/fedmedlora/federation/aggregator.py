@@ -1,0 +1,124 @@
+"""The server's aggregation method, chosen by `federation.aggregation.method`: what it
+sends to sites, what it expects back, and how it turns replies into the next global
+adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replies.
+
+| method      | sites send | server combines                                          |
+|-------------|------------|----------------------------------------------------------|
+| fedmedlora  | A, B       | example-weighted average of every tensor (FedIT/FedAvg)  |
+| fedmedlora+ | A, B       | average weighted by softmax(-validation loss / T)        |
+| ffa         | B only     | average of B; A frozen at the shared seeded init (exact) |
+| exact       | A, B       | best rank-r factors of sum_k p_k s B_k A_k (QR + SVD)     |
+| fedprox     | A, B       | as fedmedlora; sites add the proximal term               |
+| fedavgm / fedadam / fedyogi | A, B | server optimizer step along the averaged delta |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fedmedlora.config import AggregationSettings
+from fedmedlora.federation.aggregation import State, weighted_average
+from fedmedlora.federation.methods import server_opt
+from fedmedlora.federation.methods.exact import exact_aggregate
+from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
+from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
+from fedmedlora.federation.methods.lora_pairs import lora_scaling
+from fedmedlora.model.lora import LoraSettings
+
+SERVER_OPTIMIZERS = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01}  # default server lr
+
+
+@dataclass
+class SiteUpdate:
+    """One site's reply, decoded: its adapter tensors (as sent) and its numbers."""
+
+    site: str
+    state: dict[str, torch.Tensor]
+    num_examples: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Aggregator:
+    settings: AggregationSettings
+    lora: LoraSettings
+    initial: dict[str, torch.Tensor]
+    # Fed-MedLoRA+ with server-held data: the loss of a full adapter on that data.
+    server_loss: Callable[[dict[str, torch.Tensor]], float] | None = None
+    opt_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights_log: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = self.settings
+        if m.method == "fedmedlora+" and m.validation == "server" and self.server_loss is None:
+            raise ValueError("fedmedlora+ with server validation needs a server_loss function")
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    def downlink(self, full: State) -> dict[str, torch.Tensor]:
+        """What the server sends (and expects back): FFA leaves out the frozen A."""
+        return b_only(full) if self.method == "ffa" else dict(full)
+
+    def full(self, sent: State) -> dict[str, torch.Tensor]:
+        """A complete PEFT adapter from what travels."""
+        return with_frozen_a(sent, self.initial) if self.method == "ffa" else dict(sent)
+
+    def weights(self, server_round: int, updates: Sequence[SiteUpdate]) -> list[float]:
+        """Each site's share of the aggregate (logged per round as contribution scores)."""
+        counts = [u.num_examples for u in updates]
+        if self.method != "fedmedlora+":
+            total = sum(counts)
+            weights = [c / total for c in counts]
+        else:
+            if self.settings.validation == "server":
+                assert self.server_loss is not None
+                losses = [self.server_loss(self.full(u.state)) for u in updates]
+                for u, loss in zip(updates, losses, strict=True):
+                    u.metrics["server-val-loss"] = loss
+            else:
+                missing = [u.site for u in updates if "val-loss" not in u.metrics]
+                if missing:
+                    raise ValueError(f"sites {missing} reported no validation loss")
+                losses = [u.metrics["val-loss"] for u in updates]
+            weights = plus_weights(
+                losses, counts, self.settings.temperature, self.settings.size_mix
+            )
+        self.weights_log[server_round] = {u.site: w for u, w in zip(updates, weights, strict=True)}
+        return weights
+
+    def aggregate(
+        self, server_round: int, current: State, updates: Sequence[SiteUpdate]
+    ) -> dict[str, torch.Tensor]:
+        """The next global adapter (in its sent form) from this round's replies."""
+        if not updates:
+            raise ValueError("nothing to aggregate")
+        weights = self.weights(server_round, updates)
+        states = [u.state for u in updates]
+        if self.method == "ffa":
+            return ffa_aggregate(states, weights)
+        if self.method == "exact":
+            s = lora_scaling(self.lora.alpha, self.lora.rank)
+            return exact_aggregate(
+                states,
+                weights,
+                scalings=[s] * len(states),
+                target_rank=self.lora.rank,
+                target_scaling=s,
+            )
+        averaged = weighted_average(states, weights)
+        if self.method in SERVER_OPTIMIZERS:
+            settings = server_opt.ServerOptSettings(
+                method=self.method,
+                lr=self.settings.server_lr or SERVER_OPTIMIZERS[self.method],
+                momentum=self.settings.server_momentum,
+                beta1=self.settings.beta1,
+                beta2=self.settings.beta2,
+                tau=self.settings.tau,
+            )
+            averaged, self.opt_state = server_opt.step(current, averaged, self.opt_state, settings)
+        return averaged

@@ -1,0 +1,38 @@
+"""The aggregation-methods benchmark runs end to end (tiny model, one round) in both
+settings and reports each run (every method's Flower path: test_methods_simulation)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_methods_run_clean_and_corrupted(tmp_path):
+    import aggregation_methods
+
+    out = tmp_path / "agg"
+    aggregation_methods.main(
+        [
+            "--out", str(out), "--model", "tiny-random", "--rounds", "1",
+            "--local-steps", "1", "--train-docs", "4", "--test-docs", "1",
+            "--server-docs", "1", "--methods", "fedmedlora", "fedmedlora+server",
+        ]
+    )  # fmt: skip
+    data = json.loads((out / "results.json").read_text())
+    for setting in ("clean", "corrupted"):
+        runs = data["runs"][setting]
+        assert set(runs) == {"fedmedlora", "fedmedlora+server"}
+        for method, run in runs.items():
+            assert 0 <= run["micro"]["entity_strict_f1"] <= 1, method
+            assert sum(run["weights"]["1"].values()) == pytest.approx(1.0)
+    weights = data["runs"]["corrupted"]["fedmedlora+server"]["weights"]["1"]
+    sizes = data["runs"]["corrupted"]["fedmedlora"]["weights"]["1"]
+    assert weights != pytest.approx(sizes)  # loss-based, not size-based
+    report = (out / "report.md").read_text()
+    assert "## corrupted" in report and "fedmedlora+server" in report

@@ -1,0 +1,158 @@
+"""Every aggregation method through the real Flower path (2 sites x 2 rounds, tiny
+model): what travels, and that the saved adapter is exactly what the method computes
+from the replies the server received."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.evaluation.protocols import load_peft_adapter
+from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.federation.methods import server_opt
+from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
+from fedmedlora.federation.methods.lora_pairs import split_lora
+from fedmedlora.training.recipe import initial_adapter
+from tests.federation.tiny_federation import TinyRun, run_tiny
+from tests.fixtures import notes
+
+# Each test runs a Flower simulation (Ray, several processes): about 30 s each.
+pytestmark = pytest.mark.slow
+
+
+def _replies(run: TinyRun, server_round: int) -> list:
+    """The training replies of one round (both sites reply every round, in order)."""
+    replies = run.grid.train_replies()
+    assert len(replies) == 2 * len(run.grid.train_messages()) // 2
+    return replies[2 * (server_round - 1) : 2 * server_round]
+
+
+def _round(msg) -> int:
+    return int(msg.content["config"]["server-round"])
+
+
+def _states(messages) -> list[dict[str, torch.Tensor]]:
+    return [dict(m.content["arrays"].to_torch_state_dict()) for m in messages]
+
+
+def _counts(messages) -> list[float]:
+    return [float(m.content["metrics"]["num-examples"]) for m in messages]
+
+
+def _close(a: dict, b: dict, atol=1e-5) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), atol=atol), key
+
+
+@pytest.fixture(scope="module")
+def ffa(tmp_path_factory):
+    return run_tiny(tmp_path_factory.mktemp("ffa"), "{rounds: 2, aggregation: {method: ffa}}")
+
+
+def test_ffa_sends_only_b_both_ways_and_keeps_the_shared_a(ffa):
+    assert ffa.results["run"]["status"] == "completed"
+    for msg in ffa.grid.train_messages() + ffa.grid.train_replies():
+        keys = list(msg.content["arrays"].keys())
+        assert keys and all(".lora_B." in k for k in keys), keys[:3]
+    comm = ffa.results["communication"]
+    # half the adapter travels (B is half of every pair at equal in/out sizes)
+    assert comm["adapter_bytes_per_round"] < 0.75 * 2 * 2 * comm["adapter_bytes"]
+    saved = load_peft_adapter(ffa.out / "adapter")
+    initial = initial_adapter(ffa.config.recipe())
+    for a_key in split_lora(initial).a_keys:
+        assert torch.equal(saved[a_key], initial[a_key])
+    last = _replies(ffa, 2)
+    expected_b = weighted_average(_states(last), _counts(last))
+    _close({k: saved[k] for k in expected_b}, expected_b)
+
+
+@pytest.fixture(scope="module")
+def plus_sites(tmp_path_factory):
+    return run_tiny(
+        tmp_path_factory.mktemp("plus"),
+        "{rounds: 2, aggregation: {method: fedmedlora+, temperature: 0.05}}",
+    )
+
+
+def test_fedmedlora_plus_weights_sites_by_their_own_validation_loss(plus_sites):
+    run = plus_sites
+    assert run.config.train.validation_fraction == 0.1  # filled in for this method
+    for entry in run.results["rounds"][1:]:
+        metrics = entry["train"]
+        weights = {s: m["aggregation-weight"] for s, m in metrics.items()}
+        losses = {s: m["val-loss"] for s, m in metrics.items()}
+        assert sum(weights.values()) == pytest.approx(1.0)
+        assert max(weights, key=weights.get) == min(losses, key=losses.get)
+    last = _replies(run, 2)
+    losses = [float(m.content["metrics"]["val-loss"]) for m in last]
+    expected = weighted_average(_states(last), plus_weights(losses, _counts(last), 0.05))
+    _close(load_peft_adapter(run.out / "adapter"), expected)
+    assert "Site contributions (fedmedlora+)" in (run.out / "report.md").read_text()
+
+
+def test_fedmedlora_plus_with_server_data_scores_every_adapter_itself(tmp_path):
+    write_jsonl(notes(4, "held", offset=40), tmp_path / "server.jsonl")
+    run = run_tiny(
+        tmp_path,
+        "{rounds: 1, evaluate_every: 0, evaluate_zero_shot: false, aggregation: "
+        "{method: fedmedlora+, validation: server, server_validation: "
+        "{name: held, train: server.jsonl}}}",
+    )
+    assert run.config.train.validation_fraction == 0  # sites hold nothing out
+    metrics = next(r for r in run.results["rounds"] if r["round"] == 1)["train"]
+    assert all("val-loss" not in m and m["server-val-loss"] > 0 for m in metrics.values())
+    weights = [m["aggregation-weight"] for m in metrics.values()]
+    losses = [m["server-val-loss"] for m in metrics.values()]
+    assert sum(weights) == pytest.approx(1.0)
+    assert weights == pytest.approx(plus_weights(losses, [1, 1], 0.5))
+
+
+def test_exact_aggregation_keeps_the_best_rank_r_average_of_the_products(tmp_path):
+    run = run_tiny(
+        tmp_path,
+        "{rounds: 1, evaluate_every: 0, evaluate_zero_shot: false, aggregation: {method: exact}}",
+    )
+    saved = load_peft_adapter(run.out / "adapter")
+    replies = _replies(run, 1)
+    states, counts = _states(replies), _counts(replies)
+    p = [c / sum(counts) for c in counts]
+    lora = run.config.lora
+    s = lora.alpha / lora.rank
+    for a_key, b_key in split_lora(saved).pairs.values():
+        dense = sum(
+            pk * s * st[b_key].double() @ st[a_key].double()
+            for pk, st in zip(p, states, strict=True)
+        )
+        u, sv, vh = torch.linalg.svd(dense)
+        best = (u[:, : lora.rank] * sv[: lora.rank]) @ vh[: lora.rank]
+        got = s * saved[b_key].double() @ saved[a_key].double()
+        assert torch.allclose(got, best, atol=1e-5), a_key
+
+
+def test_fedadam_takes_server_steps_along_the_averaged_delta(tmp_path):
+    run = run_tiny(
+        tmp_path,
+        "{rounds: 2, evaluate_every: 0, evaluate_zero_shot: false, "
+        "aggregation: {method: fedadam, server_lr: 0.05}}",
+    )
+    settings = server_opt.ServerOptSettings(method="fedadam", lr=0.05, momentum=0.9)
+    opt: dict = {}
+    sent = {r: _states([m for m in run.grid.train_messages() if _round(m) == r])[0] for r in (1, 2)}
+    g1, opt = server_opt.step(
+        sent[1],
+        weighted_average(_states(_replies(run, 1)), _counts(_replies(run, 1))),
+        opt,
+        settings,
+    )
+    _close(sent[2], g1)  # round 2 starts from the server's step, not the plain average
+    plain = weighted_average(_states(_replies(run, 1)), _counts(_replies(run, 1)))
+    assert any(not torch.allclose(g1[k], plain[k]) for k in g1)
+    g2, _ = server_opt.step(
+        sent[2],
+        weighted_average(_states(_replies(run, 2)), _counts(_replies(run, 2))),
+        opt,
+        settings,
+    )
+    _close(load_peft_adapter(run.out / "adapter"), g2)

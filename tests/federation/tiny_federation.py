@@ -1,0 +1,87 @@
+"""A tiny federation on Flower's Simulation Engine with every message recorded: the
+tiny model, two hand-made sites of different size and label sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedmedlora.config import load_config
+from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.federation.client_app import app as client_app
+from fedmedlora.federation.server_app import run_federation
+from fedmedlora.federation.simulation import backend_config
+from tests.fixtures import notes
+
+
+class RecordingGrid:
+    """Delegates to Flower's grid and keeps every message sent and received."""
+
+    def __init__(self, grid: Grid):
+        self._grid = grid
+        self.sent: list = []
+        self.received: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        messages = list(messages)
+        self.sent += messages
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        self.received += replies
+        return replies
+
+    def train_replies(self) -> list:
+        return [m for m in self.received if m.content.array_records]
+
+    def train_messages(self) -> list:
+        return [m for m in self.sent if m.metadata.message_type == "train"]
+
+
+@dataclass
+class TinyRun:
+    grid: RecordingGrid
+    results: dict[str, Any]
+    out: Path
+    docs: dict[str, list]
+    config: Any
+
+
+def run_tiny(root: Path, federation: str = "{rounds: 2}", extra: str = "") -> TinyRun:
+    docs = {"north": notes(10, "north"), "south": notes(14, "south", offset=20)}
+    for site, site_docs in docs.items():
+        write_jsonl(site_docs, root / f"{site}.jsonl")
+    (root / "run.yaml").write_text(
+        "name: tiny\nmodel: {name: tiny-random}\n"
+        "train: {local_steps: 3, batch_size: 4, learning_rate: 0.01}\n"
+        "generation: {batch_size: 8, max_new_tokens: 24}\n"
+        "data:\n  sites:\n"
+        "    - {name: north, train: north.jsonl, test_fraction: 0.3}\n"
+        "    - {name: south, train: south.jsonl, test_fraction: 0.3,"
+        " entity_types: [problem, drug, dosage], relation_types: [modifies]}\n"
+        f"federation: {federation}\n{extra}"
+    )
+    config = load_config(root / "run.yaml")
+    out = root / "out"
+    holder: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        holder["grid"] = RecordingGrid(grid)
+        holder["results"] = run_federation(holder["grid"], config, out)
+
+    run_simulation(
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=2,
+        backend_config=backend_config(config),
+    )
+    assert "results" in holder, "server app did not finish"
+    return TinyRun(holder["grid"], holder["results"], out, docs, config)
