@@ -47,6 +47,9 @@ class SyntheticData(_Strict):
         description="site -> share of its training entity labels reassigned to a wrong "
         "type (robustness experiments)",
     )
+    lora_ranks: dict[str, int] = Field(
+        default_factory=dict, description="site -> its own LoRA rank (see SiteSource)"
+    )
 
 
 class SiteSource(_Strict):
@@ -67,6 +70,12 @@ class SiteSource(_Strict):
     max_test_docs: int | None = Field(None, ge=1)
     test_windows: int | None = Field(None, ge=1)
     window_chars: int = Field(240, ge=20)
+    lora_rank: int | None = Field(
+        None,
+        ge=1,
+        description="this site's LoRA rank, by its compute (default: lora.rank, the "
+        "server's global rank); ranks may differ only with aggregation method exact",
+    )
     corrupt_labels: float = Field(
         0.0,
         ge=0,
@@ -107,6 +116,12 @@ class DataSettings(_Strict):
     @property
     def site_names(self) -> list[str]:
         return self.synthetic.sites if self.synthetic else [s.name for s in self.sites]
+
+    def site_ranks(self) -> dict[str, int]:
+        """The sites that declare a LoRA rank of their own."""
+        if self.synthetic:
+            return dict(self.synthetic.lora_ranks)
+        return {s.name: s.lora_rank for s in self.sites if s.lora_rank is not None}
 
 
 AggregationMethod = Literal[
@@ -194,6 +209,20 @@ class RunConfig(Recipe):
             self.train.validation_fraction = 0.1
         if agg.method == "fedprox" and self.train.proximal_mu == 0:
             self.train.proximal_mu = 0.01
+        ranks = self.data.site_ranks()
+        unknown = sorted(set(ranks) - set(self.data.site_names))
+        if unknown:
+            raise ValueError(f"LoRA ranks given for unknown sites {unknown}")
+        too_big = {s: r for s, r in ranks.items() if r > self.lora.rank}
+        if too_big:
+            raise ValueError(
+                f"site ranks {too_big} exceed lora.rank {self.lora.rank}, the global rank"
+            )
+        if any(r != self.lora.rank for r in ranks.values()) and agg.method != "exact":
+            raise ValueError(
+                f"sites with their own LoRA rank ({ranks}) need aggregation method exact "
+                f"(averaging factors of different shapes is undefined), not {agg.method}"
+            )
         return self
 
     def recipe(self) -> Recipe:

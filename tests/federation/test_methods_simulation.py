@@ -109,25 +109,34 @@ def test_fedmedlora_plus_with_server_data_scores_every_adapter_itself(tmp_path):
     assert weights == pytest.approx(plus_weights(losses, [1, 1], 0.5))
 
 
-def test_exact_aggregation_keeps_the_best_rank_r_average_of_the_products(tmp_path):
+def test_exact_aggregation_across_site_ranks_keeps_the_best_rank_r_average(tmp_path):
     run = run_tiny(
         tmp_path,
         "{rounds: 1, evaluate_every: 0, evaluate_zero_shot: false, aggregation: {method: exact}}",
+        north=", lora_rank: 4",
     )
+    lora = run.config.lora
     saved = load_peft_adapter(run.out / "adapter")
     replies = _replies(run, 1)
+    ranks = {}
+    for msg in replies:
+        site = msg.content["site"]["site"]
+        a_keys = [k for k in msg.content["arrays"] if k.endswith("lora_A.weight")]
+        ranks[site] = {msg.content["arrays"][k].shape[0] for k in a_keys}
+    assert ranks == {"north": {4}, "south": {lora.rank}}  # each site trains its own rank
     states, counts = _states(replies), _counts(replies)
     p = [c / sum(counts) for c in counts]
-    lora = run.config.lora
-    s = lora.alpha / lora.rank
+    scalings = [lora.alpha / next(iter(ranks[m.content["site"]["site"]])) for m in replies]
+    s_global = lora.alpha / lora.rank
     for a_key, b_key in split_lora(saved).pairs.values():
+        assert saved[a_key].shape[0] == lora.rank
         dense = sum(
-            pk * s * st[b_key].double() @ st[a_key].double()
-            for pk, st in zip(p, states, strict=True)
+            pk * sk * st[b_key].double() @ st[a_key].double()
+            for pk, sk, st in zip(p, scalings, states, strict=True)
         )
         u, sv, vh = torch.linalg.svd(dense)
         best = (u[:, : lora.rank] * sv[: lora.rank]) @ vh[: lora.rank]
-        got = s * saved[b_key].double() @ saved[a_key].double()
+        got = s_global * saved[b_key].double() @ saved[a_key].double()
         assert torch.allclose(got, best, atol=1e-5), a_key
 
 

@@ -60,3 +60,20 @@ def test_anything_else_is_refused(content, message):
 def test_arrays_are_refused_where_none_are_expected():
     with pytest.raises(EgressViolation, match="only sent after training"):
         check_reply(RecordDict({"arrays": _arrays()}), None)
+
+
+def test_lower_rank_factors_pass_only_where_sites_may_train_their_own_rank():
+    lower = {
+        "a.lora_A.weight": np.zeros((1, 4), np.float32),
+        "a.lora_B.weight": np.zeros((4, 1), np.float32),
+    }
+    check_reply(RecordDict({"arrays": _arrays(**lower)}), SHAPES, lower_rank=True)
+    with pytest.raises(EgressViolation, match="shape"):
+        check_reply(RecordDict({"arrays": _arrays(**lower)}), SHAPES)
+    for bad in (
+        {"a.lora_A.weight": np.zeros((3, 4), np.float32)},  # above the global rank
+        {"a.lora_A.weight": np.zeros((1, 5), np.float32)},  # other input size
+        {"a.lora_B.weight": np.zeros((3, 1), np.float32)},  # other output size
+    ):
+        with pytest.raises(EgressViolation, match="shape"):
+            check_reply(RecordDict({"arrays": _arrays(**bad)}), SHAPES, lower_rank=True)

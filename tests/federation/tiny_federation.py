@@ -53,7 +53,11 @@ class TinyRun:
     config: Any
 
 
-def run_tiny(root: Path, federation: str = "{rounds: 2}", extra: str = "") -> TinyRun:
+def run_tiny(
+    root: Path, federation: str = "{rounds: 2}", extra: str = "", north: str = ""
+) -> TinyRun:
+    """`federation`: the YAML of the federation block; `extra`: more top-level YAML;
+    `north`: more keys for the north site (e.g. ", lora_rank: 4")."""
     docs = {"north": notes(10, "north"), "south": notes(14, "south", offset=20)}
     for site, site_docs in docs.items():
         write_jsonl(site_docs, root / f"{site}.jsonl")
@@ -62,7 +66,7 @@ def run_tiny(root: Path, federation: str = "{rounds: 2}", extra: str = "") -> Ti
         "train: {local_steps: 3, batch_size: 4, learning_rate: 0.01}\n"
         "generation: {batch_size: 8, max_new_tokens: 24}\n"
         "data:\n  sites:\n"
-        "    - {name: north, train: north.jsonl, test_fraction: 0.3}\n"
+        f"    - {{name: north, train: north.jsonl, test_fraction: 0.3{north}}}\n"
         "    - {name: south, train: south.jsonl, test_fraction: 0.3,"
         " entity_types: [problem, drug, dosage], relation_types: [modifies]}\n"
         f"federation: {federation}\n{extra}"

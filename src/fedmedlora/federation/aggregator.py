@@ -7,7 +7,8 @@ adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replie
 | fedmedlora  | A, B       | example-weighted average of every tensor (FedIT/FedAvg)  |
 | fedmedlora+ | A, B       | average weighted by softmax(-validation loss / T)        |
 | ffa         | B only     | average of B; A frozen at the shared seeded init (exact) |
-| exact       | A, B       | best rank-r factors of sum_k p_k s B_k A_k (QR + SVD)     |
+| exact       | A, B       | best rank-r factors of sum_k p_k s_k B_k A_k (QR + SVD); |
+|             |            | sites may train lower ranks of their own                 |
 | fedprox     | A, B       | as fedmedlora; sites add the proximal term               |
 | fedavgm / fedadam / fedyogi | A, B | server optimizer step along the averaged delta |
 """
@@ -22,9 +23,9 @@ import torch
 from fedmedlora.config import AggregationSettings
 from fedmedlora.federation.aggregation import State, weighted_average
 from fedmedlora.federation.methods import server_opt
-from fedmedlora.federation.methods.exact import exact_aggregate
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
 from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
+from fedmedlora.federation.methods.hetero_rank import hetero_aggregate
 from fedmedlora.federation.methods.lora_pairs import lora_scaling
 from fedmedlora.model.lora import LoraSettings
 
@@ -101,14 +102,14 @@ class Aggregator:
         states = [u.state for u in updates]
         if self.method == "ffa":
             return ffa_aggregate(states, weights)
-        if self.method == "exact":
-            s = lora_scaling(self.lora.alpha, self.lora.rank)
-            return exact_aggregate(
+        if self.method == "exact":  # sites may train ranks of their own
+            return hetero_aggregate(
                 states,
                 weights,
-                scalings=[s] * len(states),
-                target_rank=self.lora.rank,
-                target_scaling=s,
+                alpha=self.lora.alpha,
+                global_rank=self.lora.rank,
+                global_scaling=lora_scaling(self.lora.alpha, self.lora.rank),
+                seed=server_round,
             )
         averaged = weighted_average(states, weights)
         if self.method in SERVER_OPTIMIZERS:

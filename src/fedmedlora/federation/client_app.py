@@ -22,6 +22,8 @@ from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
 from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
 from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
+from fedmedlora.federation.methods.hetero_rank import redistribute, site_rank
+from fedmedlora.federation.methods.lora_pairs import lora_scaling
 from fedmedlora.federation.privacy import check_reply
 from fedmedlora.training.recipe import SiteRecipe
 
@@ -38,8 +40,22 @@ def _site_recipe(recipe_json: str, site_name: str, site_config: str) -> SiteReci
             source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
-        return SiteRecipe(recipe, load_source(source, schema, recipe.seed))
-    return SiteRecipe(recipe, load_site(recipe.data, site_name, schema, recipe.seed))
+        return SiteRecipe(
+            _own_rank(recipe, source.lora_rank), load_source(source, schema, recipe.seed)
+        )
+    rank = recipe.data.site_ranks().get(site_name)
+    return SiteRecipe(
+        _own_rank(recipe, rank), load_site(recipe.data, site_name, schema, recipe.seed)
+    )
+
+
+def _own_rank(recipe: Recipe, rank: int | None) -> Recipe:
+    """The recipe with this site's own LoRA rank (what its compute allows)."""
+    if rank is None or rank == recipe.lora.rank:
+        return recipe
+    if rank > recipe.lora.rank:
+        raise ConfigError(f"site rank {rank} exceeds the global rank {recipe.lora.rank}")
+    return recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"rank": rank})})
 
 
 def site_for(context: Context, recipe_json: str) -> SiteRecipe:
@@ -55,12 +71,22 @@ def site_for(context: Context, recipe_json: str) -> SiteRecipe:
 
 
 def complete(site: SiteRecipe, received: dict) -> dict:
-    """The full adapter from what the server sent: under FFA-LoRA only B travels, and A is
-    the shared seeded initialisation every site builds itself."""
+    """The full adapter from what the server sent, in this site's shapes: under FFA-LoRA
+    only B travels (A is the shared seeded initialisation every site builds itself); a
+    site of its own, lower rank gets the global adapter truncated to that rank."""
     initial = site.lm.initial
-    if set(received) == set(initial):
-        return received
-    return with_frozen_a(received, initial)
+    state = received if set(received) == set(initial) else with_frozen_a(received, initial)
+    if all(state[k].shape == initial[k].shape for k in state):
+        return state
+    # A site of lower rank than the global adapter: its SVD-optimal truncation.
+    alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
+    global_rank = site_rank(state)
+    return redistribute(
+        state,
+        rank,
+        lora_scaling(alpha, rank),
+        global_scaling=lora_scaling(alpha, global_rank),
+    )
 
 
 def _reply(msg: Message, content: RecordDict, adapter_shapes=None) -> Message:
@@ -105,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {ARRAYS: to_record(state), METRICS: metrics, SITE: ConfigRecord({SITE: name})}
     )
-    return _reply(msg, content, {k: tuple(v.shape) for k, v in received.items()})
+    return _reply(msg, content, {k: tuple(site.lm.initial[k].shape) for k in received})
 
 
 @app.evaluate()

@@ -20,14 +20,20 @@ class EgressViolation(RuntimeError):
     """A message would carry something other than adapter tensors and numbers."""
 
 
-def check_reply(content: RecordDict, adapter_shapes: dict[str, tuple[int, ...]] | None) -> None:
+def check_reply(
+    content: RecordDict,
+    adapter_shapes: dict[str, tuple[int, ...]] | None,
+    *,
+    lower_rank: bool = False,
+) -> None:
     """Raise EgressViolation unless `content` is adapter tensors (matching
-    `adapter_shapes` when given), numeric metrics and a site name."""
+    `adapter_shapes` when given; with `lower_rank`, LoRA factors may have a smaller rank,
+    for sites of their own rank), numeric metrics and a site name."""
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             if adapter_shapes is None:
                 raise EgressViolation(f"record {name!r}: arrays are only sent after training")
-            _check_arrays(record, adapter_shapes)
+            _check_arrays(record, adapter_shapes, lower_rank)
         elif isinstance(record, MetricRecord):
             for key, value in record.items():
                 values = value if isinstance(value, list) else [value]
@@ -44,14 +50,28 @@ def check_reply(content: RecordDict, adapter_shapes: dict[str, tuple[int, ...]] 
             raise EgressViolation(f"record {name!r} of type {type(record).__name__}")
 
 
-def _check_arrays(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> None:
+def _fits(key: str, got: tuple[int, ...], want: tuple[int, ...], lower_rank: bool) -> bool:
+    if got == want:
+        return True
+    if not lower_rank or len(got) != 2 or len(want) != 2:
+        return False
+    if key.endswith(".lora_A.weight"):  # (r, in)
+        return got[1] == want[1] and 1 <= got[0] <= want[0]
+    if key.endswith(".lora_B.weight"):  # (out, r)
+        return got[0] == want[0] and 1 <= got[1] <= want[1]
+    return False
+
+
+def _check_arrays(
+    record: ArrayRecord, shapes: dict[str, tuple[int, ...]], lower_rank: bool = False
+) -> None:
     keys = set(record.keys())
     if keys != set(shapes):
         extra, missing = sorted(keys - set(shapes))[:3], sorted(set(shapes) - keys)[:3]
         raise EgressViolation(f"adapter keys differ: unexpected {extra}, missing {missing}")
     for key in record:
         arr = record[key]
-        if tuple(arr.shape) != tuple(shapes[key]):
+        if not _fits(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
             raise EgressViolation(f"{key}: shape {arr.shape} is not the adapter's {shapes[key]}")
         if not np.issubdtype(np.dtype(arr.dtype), np.floating):
             raise EgressViolation(f"{key}: dtype {arr.dtype} is not a float tensor")

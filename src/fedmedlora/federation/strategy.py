@@ -91,7 +91,11 @@ class FedMedLoRA(FedAvg):
                 self.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
                 continue
             try:
-                check_reply(msg.content, self.adapter_shapes if train else None)
+                check_reply(
+                    msg.content,
+                    self.adapter_shapes if train else None,
+                    lower_rank=self.aggregator.method == "exact",
+                )
                 if len(msg.content.metric_records) != 1:
                     raise EgressViolation("expected exactly one metric record")
                 if train and len(msg.content.array_records) != 1:
