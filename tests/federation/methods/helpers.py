@@ -57,3 +57,18 @@ def close(x: torch.Tensor, y: torch.Tensor, rtol: float = 1e-5) -> bool:
     x, y = x.to(torch.float64), y.to(torch.float64)
     scale = max(float(x.norm()), float(y.norm()), 1.0)
     return float((x - y).norm()) <= rtol * scale
+
+
+def tiny_llama_config(**extra):
+    """A one-layer Llama config small enough for real PEFT modules in unit tests."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        **extra,
+    )

@@ -11,7 +11,7 @@ from fedmedlora.federation.methods.ffa import (
 )
 from fedmedlora.federation.methods.lora_pairs import is_lora_a, split_lora
 
-from .helpers import PREFIX, adapter, close, dense, gen
+from .helpers import PREFIX, adapter, close, dense, gen, tiny_llama_config
 
 MODULES = ("q_proj", "v_proj")
 
@@ -88,16 +88,9 @@ def test_with_frozen_a_checks_pairs_and_ranks():
 @pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`")
 def test_frozen_parameter_picks_exactly_the_a_factors_of_a_peft_model():
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    config = tiny_llama_config()
     targets = ["q_proj", "v_proj", "embed_tokens"]
     model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=targets))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -18,6 +18,8 @@ from fedmedlora.federation.methods.exact import exact_aggregate
 from fedmedlora.federation.methods.hetero_rank import redistribute
 from fedmedlora.federation.methods.lora_pairs import lora_scaling, split_lora
 
+from .helpers import tiny_llama_config
+
 # PEFT warns that a 1-D lora_B.bias looks like an unsharded ZeRO-3 tensor; it is not.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LoRA tensor.*invalid shape")
 
@@ -27,17 +29,9 @@ WEIGHTS = [30.0, 10.0, 60.0]
 
 
 def _llama():
-    from transformers import LlamaConfig, LlamaForTokenClassification
+    from transformers import LlamaForTokenClassification
 
-    config = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=3,
-    )
+    config = tiny_llama_config(num_labels=3)
     return LlamaForTokenClassification(config), {
         "target_modules": "all-linear",
         "exclude_modules": ["score"],  # the head is trained in full (modules_to_save)
