@@ -70,6 +70,11 @@ class SiteSource(_Strict):
     max_test_docs: int | None = Field(None, ge=1)
     test_windows: int | None = Field(None, ge=1)
     window_chars: int = Field(240, ge=20)
+    keep_dir: str | None = Field(
+        None,
+        description="a folder at the site for what never leaves it (FedSA: the site's "
+        "personalized adapter, in PEFT format)",
+    )
     lora_rank: int | None = Field(
         None,
         ge=1,
@@ -125,7 +130,15 @@ class DataSettings(_Strict):
 
 
 AggregationMethod = Literal[
-    "fedmedlora", "fedmedlora+", "ffa", "exact", "fedprox", "fedavgm", "fedadam", "fedyogi"
+    "fedmedlora",
+    "fedmedlora+",
+    "ffa",
+    "exact",
+    "fedsa",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
 ]
 
 

@@ -165,3 +165,29 @@ def test_fedadam_takes_server_steps_along_the_averaged_delta(tmp_path):
         settings,
     )
     _close(load_peft_adapter(run.out / "adapter"), g2)
+
+
+def test_fedsa_shares_a_and_keeps_each_sites_b_at_the_site(tmp_path):
+    keep = tmp_path / "north_keeps"
+    run = run_tiny(
+        tmp_path,
+        "{rounds: 2, evaluate_zero_shot: false, aggregation: {method: fedsa}}",
+        north=f", keep_dir: '{keep}'",
+    )
+    for msg in run.grid.train_messages() + run.grid.train_replies():
+        keys = list(msg.content["arrays"].keys())
+        assert keys and not any(".lora_B." in k for k in keys), keys[:3]
+    for entry in run.results["rounds"]:
+        # each site's B kept training across rounds in its own node state
+        assert {m["personal-rounds"] for m in entry["train"].values()} == {entry["round"]}
+    from safetensors.torch import load_file
+
+    shared = load_file(run.out / "shared_adapter.safetensors")
+    last = _replies(run, 2)
+    _close(shared, weighted_average(_states(last), _counts(last)))
+    assert not (run.out / "adapter").exists()  # no global adapter: B never left the sites
+    personal = load_peft_adapter(keep / "personal_adapter")
+    for key, value in shared.items():
+        assert torch.equal(personal[key], value)  # the final global A ...
+    b_keys = [k for k in personal if ".lora_B." in k]
+    assert b_keys and any(personal[k].abs().sum() > 0 for k in b_keys)  # ... with its own B

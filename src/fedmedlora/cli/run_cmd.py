@@ -88,7 +88,15 @@ def execute(config: RunConfig, out: Path) -> dict[str, Any]:
             f"[bold green]done[/] in {results['run']['seconds']:.0f}s: entity strict F1 (micro) "
             + (f"{z:.3f} zero-shot -> " if z is not None else "")
             + f"{final['micro']['entity_strict_f1']:.3f} federated. "
-            f"Report: {out / 'report.md'}, adapter: {out / 'adapter'}"
+            f"Report: {out / 'report.md'}, adapter: "
+            + str(
+                out
+                / (
+                    "shared_adapter.safetensors"
+                    if (out / "shared_adapter.safetensors").is_file()
+                    else "adapter"
+                )
+            )
         )
     return results
 

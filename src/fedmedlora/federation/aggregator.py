@@ -9,6 +9,7 @@ adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replie
 | ffa         | B only     | average of B; A frozen at the shared seeded init (exact) |
 | exact       | A, B       | best rank-r factors of sum_k p_k s_k B_k A_k (QR + SVD); |
 |             |            | sites may train lower ranks of their own                 |
+| fedsa       | A only     | average of A; every site keeps its own B (personalized)  |
 | fedprox     | A, B       | as fedmedlora; sites add the proximal term               |
 | fedavgm / fedadam / fedyogi | A, B | server optimizer step along the averaged delta |
 """
@@ -24,6 +25,7 @@ from fedmedlora.config import AggregationSettings
 from fedmedlora.federation.aggregation import State, weighted_average
 from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
+from fedmedlora.federation.methods.fedsa import aggregate_shared, merge_personal, shared_part
 from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
 from fedmedlora.federation.methods.hetero_rank import hetero_aggregate
 from fedmedlora.federation.methods.lora_pairs import lora_scaling
@@ -62,12 +64,22 @@ class Aggregator:
         return self.settings.method
 
     def downlink(self, full: State) -> dict[str, torch.Tensor]:
-        """What the server sends (and expects back): FFA leaves out the frozen A."""
-        return b_only(full) if self.method == "ffa" else dict(full)
+        """What the server sends (and expects back): FFA leaves out the frozen A, FedSA
+        the personal B."""
+        if self.method == "ffa":
+            return b_only(full)
+        if self.method == "fedsa":
+            return shared_part(full)
+        return dict(full)
 
     def full(self, sent: State) -> dict[str, torch.Tensor]:
-        """A complete PEFT adapter from what travels."""
-        return with_frozen_a(sent, self.initial) if self.method == "ffa" else dict(sent)
+        """A complete PEFT adapter from what travels (FedSA: the shared part with the
+        initial, zero B: the personalized adapters stay at the sites)."""
+        if self.method == "ffa":
+            return with_frozen_a(sent, self.initial)
+        if self.method == "fedsa":
+            return merge_personal(sent, self.initial)
+        return dict(sent)
 
     def weights(self, server_round: int, updates: Sequence[SiteUpdate]) -> list[float]:
         """Each site's share of the aggregate (logged per round as contribution scores)."""
@@ -102,6 +114,8 @@ class Aggregator:
         states = [u.state for u in updates]
         if self.method == "ffa":
             return ffa_aggregate(states, weights)
+        if self.method == "fedsa":
+            return aggregate_shared(states, weights)
         if self.method == "exact":  # sites may train ranks of their own
             return hetero_aggregate(
                 states,

@@ -21,13 +21,17 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
 from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
+from fedmedlora.federation.methods.fedsa import merge_personal
 from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
 from fedmedlora.federation.methods.hetero_rank import redistribute, site_rank
-from fedmedlora.federation.methods.lora_pairs import lora_scaling
+from fedmedlora.federation.methods.lora_pairs import is_lora_b, lora_scaling
 from fedmedlora.federation.privacy import check_reply
+from fedmedlora.model.lora import save_adapter
 from fedmedlora.training.recipe import SiteRecipe
 
 app = ClientApp()
+# Node-state records of what never leaves the site (FedSA's B) and how often it trained.
+PERSONAL, PERSONAL_ROUNDS = "fedsa-personal", "fedsa-personal-rounds"
 
 
 @cache
@@ -41,11 +45,16 @@ def _site_recipe(recipe_json: str, site_name: str, site_config: str) -> SiteReci
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
         return SiteRecipe(
-            _own_rank(recipe, source.lora_rank), load_source(source, schema, recipe.seed)
+            _own_rank(recipe, source.lora_rank),
+            load_source(source, schema, recipe.seed),
+            keep_dir=source.keep_dir,
         )
     rank = recipe.data.site_ranks().get(site_name)
+    source = next((s for s in recipe.data.sites if s.name == site_name), None)
     return SiteRecipe(
-        _own_rank(recipe, rank), load_site(recipe.data, site_name, schema, recipe.seed)
+        _own_rank(recipe, rank),
+        load_site(recipe.data, site_name, schema, recipe.seed),
+        keep_dir=source.keep_dir if source else None,
     )
 
 
@@ -70,15 +79,21 @@ def site_for(context: Context, recipe_json: str) -> SiteRecipe:
     return _site_recipe(recipe_json, names[pid], "")
 
 
-def complete(site: SiteRecipe, received: dict) -> dict:
+def complete(site: SiteRecipe, received: dict, context: Context) -> dict:
     """The full adapter from what the server sent, in this site's shapes: under FFA-LoRA
-    only B travels (A is the shared seeded initialisation every site builds itself); a
-    site of its own, lower rank gets the global adapter truncated to that rank."""
+    only B travels (A is the shared seeded initialisation every site builds itself);
+    under FedSA only A travels (B is the site's own, kept in its node state); a site of
+    its own, lower rank gets the global adapter truncated to that rank."""
     initial = site.lm.initial
-    state = received if set(received) == set(initial) else with_frozen_a(received, initial)
+    missing = set(initial) - set(received)
+    if not missing:
+        state = received
+    elif all(is_lora_b(k) for k in missing):
+        state = merge_personal(received, {**initial, **(_personal(context) or {})})
+    else:
+        state = with_frozen_a(received, initial)
     if all(state[k].shape == initial[k].shape for k in state):
         return state
-    # A site of lower rank than the global adapter: its SVD-optimal truncation.
     alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
     global_rank = site_rank(state)
     return redistribute(
@@ -87,6 +102,12 @@ def complete(site: SiteRecipe, received: dict) -> dict:
         lora_scaling(alpha, rank),
         global_scaling=lora_scaling(alpha, global_rank),
     )
+
+
+def _personal(context: Context) -> dict | None:
+    """This site's own lora_B factors (FedSA), kept across rounds in its node state."""
+    record = context.state.array_records.get(PERSONAL)
+    return from_record(record) if record is not None else None
 
 
 def _reply(msg: Message, content: RecordDict, adapter_shapes=None) -> Message:
@@ -102,19 +123,24 @@ def train(msg: Message, context: Context) -> Message:
     method = str(config.get("aggregation", "fedmedlora"))
     received = from_record(msg.content[ARRAYS])
     state, stats = site.train(
-        complete(site, received),
+        complete(site, received, context),
         server_round,
         int(config["total-steps"]),
         freeze=frozen_parameter if method == "ffa" else None,
     )
-    state = {k: state[k] for k in received}  # send back what came: FFA sends B only
-    name = site.site.spec.name
     extra = {}
+    if method == "fedsa":  # B stays here, for the next round and for evaluation
+        context.state[PERSONAL] = to_record({k: v for k, v in state.items() if is_lora_b(k)})
+        rounds = context.state.metric_records.get(PERSONAL_ROUNDS)
+        extra["personal-rounds"] = int(rounds["rounds"]) + 1 if rounds else 1
+        context.state[PERSONAL_ROUNDS] = MetricRecord({"rounds": extra["personal-rounds"]})
+    state = {k: state[k] for k in received}  # send back what came: FFA B only, FedSA A only
+    name = site.site.spec.name
     if site.validation.examples:
         extra["val-loss"] = site.validation_loss()
     print(
         f"[{name}] round {server_round}: {stats.steps} steps, loss {stats.mean_loss:.3f}"
-        + (f", validation loss {extra['val-loss']:.3f}" if extra else "")
+        + (f", validation loss {extra['val-loss']:.3f}" if "val-loss" in extra else "")
         + f", {stats.seconds:.0f}s",
         flush=True,
     )
@@ -139,10 +165,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     site = site_for(context, str(config["recipe"]))
     began = time.perf_counter()
+    state = complete(site, from_record(msg.content[ARRAYS]), context)
     scores, stats = site.evaluate(
-        complete(site, from_record(msg.content[ARRAYS])),
-        zero_shot_prompt=bool(config.get("zero-shot-prompt", False)),
+        state, zero_shot_prompt=bool(config.get("zero-shot-prompt", False))
     )
+    if site.keep_dir and _personal(context) is not None:
+        # The personalized adapter (global A + this site's B) stays at the site.
+        save_adapter(site.lm.model, state, Path(site.keep_dir) / "personal_adapter")
     name = site.site.spec.name
     summary = scores.summary()
     print(

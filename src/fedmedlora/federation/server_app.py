@@ -118,7 +118,15 @@ def run_federation(
                 f"no site replied usefully in round(s) {missing}: "
                 + "; ".join(strategy.rejected[:5])
             )
-        save_adapter(lm.model, aggregator.full(from_record(result.arrays)), out_dir / "adapter")
+        final = from_record(result.arrays)
+        if aggregator.method == "fedsa":
+            # Each site's B never left it: there is no global adapter, only the shared
+            # part (the sites keep their personalized adapters, see SiteSource.keep_dir).
+            from safetensors.torch import save_file
+
+            save_file(final, str(out_dir / "shared_adapter.safetensors"))
+        else:
+            save_adapter(lm.model, aggregator.full(final), out_dir / "adapter")
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise

@@ -219,6 +219,7 @@ class SiteRecipe:
     recipe: Recipe
     site: SiteData
     extra_seed: int = 0
+    keep_dir: str | None = None  # the site's own folder for what never leaves it
     _examples: ExampleSet | None = field(default=None, repr=False)
     _validation: ExampleSet | None = field(default=None, repr=False)
     _held: list[Document] | None = field(default=None, repr=False)

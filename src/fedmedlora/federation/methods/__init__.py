@@ -11,4 +11,5 @@ the strategy only has to pick one and move records around:
 - `server_opt`: FedAvgM / FedAdam / FedYogi on the aggregated pseudo-gradient.
 - `fedprox`: the FedProx proximal term for the site's loss.
 - `fedsa`: FedSA-LoRA (A shared, B stays at the site).
+- `screening`, `robust`: drop faulty site updates; median, trimmed mean, Krum, clipping.
 """
