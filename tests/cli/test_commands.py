@@ -154,3 +154,31 @@ def test_run_end_to_end_in_a_fresh_process(tmp_path):
     assert set(results["final"]["sites"]) == {"riverside", "lakeside"}
     for name in ("report.md", "f1_per_round.png", "bytes_per_round.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
+    from fedmedlora.config import load_config
+    from fedmedlora.model.lora import save_adapter
+    from fedmedlora.training.recipe import initial_adapter, loaded_model
+
+    write_jsonl(notes(8, "north"), tmp_path / "north.jsonl")
+    (tmp_path / "run.yaml").write_text(
+        "model: {name: tiny-random}\ntrain: {local_steps: 2, batch_size: 4}\n"
+        "generation: {max_new_tokens: 16}\n"
+        "data:\n  sites:\n    - {name: north, train: north.jsonl, test_fraction: 0.25}\n"
+    )
+    recipe = load_config(tmp_path / "run.yaml").recipe()
+    save_adapter(loaded_model(recipe).model, initial_adapter(recipe), tmp_path / "fed")
+    args = ["personalize", str(tmp_path / "run.yaml"), "--adapter", str(tmp_path / "fed")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--site", "north"])
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "p" / "personalize.json").read_text())
+    assert out["site"] == "north" and (out["head_steps"], out["full_steps"]) == (2, 2)
+    assert len(out["train_loss"]) == 2
+    assert 0 <= out["personalized"]["entity_strict_f1"] <= 1
+    assert (tmp_path / "p" / "personal_adapter" / "adapter_model.safetensors").is_file()
+    both = runner.invoke(app, [*args, "--out", "x", "--site", "a", "--site-config", "b.yaml"])
+    assert both.exit_code == 2 and "exactly one of --site" in both.output
+    bad = runner.invoke(app, ["personalize", str(tmp_path / "run.yaml"), "--adapter",
+                              str(tmp_path), "--out", "x", "--site", "north"])  # fmt: skip
+    assert bad.exit_code == 2 and "not a PEFT adapter folder" in bad.output

@@ -79,3 +79,19 @@ def test_training_from_the_base_ignores_whatever_adapter_was_loaded_before():
     torch.manual_seed(0)
     again, _ = train_local(RECIPE, [a], steps=2, seed=5)
     assert all(torch.allclose(again[k], first[k]) for k in first)
+
+
+def test_personalization_tunes_b_first_then_every_adapter_weight():
+    from fedmedlora.evaluation.protocols import personalize
+    from fedmedlora.training.recipe import SiteRecipe
+
+    site = SiteRecipe(RECIPE, _site("p", 0))
+    start = {k: v + 0.01 for k, v in initial_adapter(RECIPE).items()}
+    a_keys = [k for k in start if ".lora_A." in k]
+    b_only, stats = personalize(site, start, head_steps=2, full_steps=0)
+    assert [s.steps for s in stats] == [2]
+    assert all(torch.equal(b_only[k], start[k]) for k in a_keys)
+    assert any(not torch.equal(b_only[k], start[k]) for k in start if ".lora_B." in k)
+    both, stats = personalize(site, start, head_steps=2, full_steps=2)
+    assert [s.steps for s in stats] == [2, 2]
+    assert any(not torch.equal(both[k], start[k]) for k in a_keys)

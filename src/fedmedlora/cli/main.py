@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fedmedlora.cli import download_cmd, extract_cmd, run_cmd, score_cmd
+from fedmedlora.cli import download_cmd, extract_cmd, personalize_cmd, run_cmd, score_cmd
 from fedmedlora.cli.common import user_errors
 from fedmedlora.cli.data_cmd import data_app
 
@@ -19,6 +19,7 @@ app.command()(run_cmd.demo)
 app.command()(run_cmd.run)
 app.command()(score_cmd.score)
 app.command()(extract_cmd.extract)
+app.command()(personalize_cmd.personalize)
 data_app.command("download")(user_errors(download_cmd.download))
 app.add_typer(data_app, name="data")
 

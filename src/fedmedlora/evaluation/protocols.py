@@ -3,7 +3,9 @@
 - in-domain: each site's held-out test split;
 - external validation: cohorts no method ever trains on;
 - new-site adaptation: a site with k labelled documents, starting from the federated
-  adapter or from the base model, with the same step budget.
+  adapter or from the base model, with the same step budget;
+- local personalization after federation (LP-FT): a site tunes the federated adapter
+  on its own data, first only B (and a head), then every adapter weight.
 
 Single-site and centralized baselines train in one process with the same local recipe
 (examples, loop, schedule) the federated clients use; only the data differs.
@@ -27,6 +29,7 @@ from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.model.lora import adapter_state, load_adapter_state
 from fedmedlora.training.loop import TrainStats
 from fedmedlora.training.recipe import (
+    SiteRecipe,
     build_site_examples,
     evaluate_on,
     initial_adapter,
@@ -101,3 +104,25 @@ def load_peft_adapter(folder: str | Path) -> State:
     from safetensors.torch import load_file
 
     return dict(load_file(Path(folder) / "adapter_model.safetensors"))
+
+
+def personalize(
+    site: SiteRecipe, start: State, *, head_steps: int, full_steps: int
+) -> tuple[State, list[TrainStats]]:
+    """LP-FT (Kumar et al., 2022) on a LoRA adapter: `head_steps` with every lora_A frozen
+    (B and any task head adapt to the site while the shared features stay put), then
+    `full_steps` on every adapter weight, one learning-rate schedule over both phases.
+    Tuning everything at once from the start distorts the shared features first."""
+    from fedmedlora.federation.methods.ffa import frozen_parameter
+
+    total = head_steps + full_steps
+    if total < 1:
+        raise ValueError("personalization needs at least one step")
+    state, stats = dict(start), []
+    if head_steps:
+        state, s1 = site.train(state, 1, total, head_steps, freeze=frozen_parameter, start_step=0)
+        stats.append(s1)
+    if full_steps:
+        state, s2 = site.train(state, 1, total, full_steps, start_step=head_steps)
+        stats.append(s2)
+    return state, stats

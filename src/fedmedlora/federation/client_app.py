@@ -12,22 +12,19 @@ import time
 from functools import cache
 from pathlib import Path
 
-import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmedlora.config import Recipe, SiteSource
-from fedmedlora.data.schema import load_schema
-from fedmedlora.data.sites import load_site, load_source
+from fedmedlora.config import Recipe
 from fedmedlora.errors import ConfigError
 from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
 from fedmedlora.federation.methods.fedsa import merge_personal
 from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
-from fedmedlora.federation.methods.hetero_rank import redistribute, site_rank
-from fedmedlora.federation.methods.lora_pairs import is_lora_b, lora_scaling
+from fedmedlora.federation.methods.lora_pairs import is_lora_b
 from fedmedlora.federation.privacy import check_reply
 from fedmedlora.model.lora import save_adapter
 from fedmedlora.training.recipe import SiteRecipe
+from fedmedlora.training.site_setup import fit_rank, site_recipe
 
 app = ClientApp()
 # Node-state records of what never leaves the site (FedSA's B) and how often it trained.
@@ -36,35 +33,7 @@ PERSONAL, PERSONAL_ROUNDS = "fedsa-personal", "fedsa-personal-rounds"
 
 @cache
 def _site_recipe(recipe_json: str, site_name: str, site_config: str) -> SiteRecipe:
-    recipe = Recipe.model_validate_json(recipe_json)
-    schema = load_schema(recipe.schema_name)
-    if site_config:
-        path = site_config
-        try:
-            source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
-        return SiteRecipe(
-            _own_rank(recipe, source.lora_rank),
-            load_source(source, schema, recipe.seed),
-            keep_dir=source.keep_dir,
-        )
-    rank = recipe.data.site_ranks().get(site_name)
-    source = next((s for s in recipe.data.sites if s.name == site_name), None)
-    return SiteRecipe(
-        _own_rank(recipe, rank),
-        load_site(recipe.data, site_name, schema, recipe.seed),
-        keep_dir=source.keep_dir if source else None,
-    )
-
-
-def _own_rank(recipe: Recipe, rank: int | None) -> Recipe:
-    """The recipe with this site's own LoRA rank (what its compute allows)."""
-    if rank is None or rank == recipe.lora.rank:
-        return recipe
-    if rank > recipe.lora.rank:
-        raise ConfigError(f"site rank {rank} exceeds the global rank {recipe.lora.rank}")
-    return recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"rank": rank})})
+    return site_recipe(Recipe.model_validate_json(recipe_json), site_name, site_config)
 
 
 def site_for(context: Context, recipe_json: str) -> SiteRecipe:
@@ -92,16 +61,7 @@ def complete(site: SiteRecipe, received: dict, context: Context) -> dict:
         state = merge_personal(received, {**initial, **(_personal(context) or {})})
     else:
         state = with_frozen_a(received, initial)
-    if all(state[k].shape == initial[k].shape for k in state):
-        return state
-    alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
-    global_rank = site_rank(state)
-    return redistribute(
-        state,
-        rank,
-        lora_scaling(alpha, rank),
-        global_scaling=lora_scaling(alpha, global_rank),
-    )
+    return fit_rank(site, state)
 
 
 def _personal(context: Context) -> dict | None:

@@ -13,6 +13,8 @@ import re
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedmedlora.federation.methods.lora_pairs import fits_shape
+
 ALLOWED_CONFIG = {"site": re.compile(r"^[A-Za-z0-9_.-]{1,64}$")}
 
 
@@ -50,18 +52,6 @@ def check_reply(
             raise EgressViolation(f"record {name!r} of type {type(record).__name__}")
 
 
-def _fits(key: str, got: tuple[int, ...], want: tuple[int, ...], lower_rank: bool) -> bool:
-    if got == want:
-        return True
-    if not lower_rank or len(got) != 2 or len(want) != 2:
-        return False
-    if key.endswith(".lora_A.weight"):  # (r, in)
-        return got[1] == want[1] and 1 <= got[0] <= want[0]
-    if key.endswith(".lora_B.weight"):  # (out, r)
-        return got[0] == want[0] and 1 <= got[1] <= want[1]
-    return False
-
-
 def _check_arrays(
     record: ArrayRecord, shapes: dict[str, tuple[int, ...]], lower_rank: bool = False
 ) -> None:
@@ -71,7 +61,7 @@ def _check_arrays(
         raise EgressViolation(f"adapter keys differ: unexpected {extra}, missing {missing}")
     for key in record:
         arr = record[key]
-        if not _fits(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
+        if not fits_shape(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
             raise EgressViolation(f"{key}: shape {arr.shape} is not the adapter's {shapes[key]}")
         if not np.issubdtype(np.dtype(arr.dtype), np.floating):
             raise EgressViolation(f"{key}: dtype {arr.dtype} is not a float tensor")

@@ -279,6 +279,7 @@ class SiteRecipe:
         *,
         freeze: Callable[[str], bool] | None = None,
         proximal_mu: float | None = None,
+        start_step: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], TrainStats]:
         """Start from `state`, train one round's local steps, return the new adapter.
 
@@ -304,7 +305,7 @@ class SiteRecipe:
             stats = train_on(
                 self.recipe,
                 self.examples.examples,
-                start_step=(server_round - 1) * steps,
+                start_step=(server_round - 1) * steps if start_step is None else start_step,
                 total_steps=total_steps,
                 steps=steps,
                 seed=self.seed(server_round),

@@ -183,6 +183,14 @@ def test_two_huge_updates_among_seven_are_both_rejected():
     assert all("more than 10x the median" in r for r in s.rejected.values())
 
 
+def test_an_update_is_not_counted_in_its_own_median():
+    """Norms 1, 1, 12, 12: each 12 is compared with median(1, 1, 12) = 1 and rejected;
+    counting itself, the median would be 6.5 and neither would be."""
+    x, _ = _sites(0)
+    ups = [(f"s{i}", _scaled(x, _unit(x, i), s)) for i, s in enumerate([1, 1, 12, 12])]
+    assert sorted(screen_updates(x, ups).rejected) == [2, 3]
+
+
 def test_two_sites_are_never_rejected_for_their_norm():
     x, _ = _sites(0)
     ups = [("a", _scaled(x, _unit(x, 0), 1.0)), ("b", _scaled(x, _unit(x, 1), 1e4))]

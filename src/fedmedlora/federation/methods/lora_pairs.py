@@ -130,6 +130,21 @@ def lora_scaling(alpha: float, rank: int, *, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def fits_shape(key: str, got: tuple[int, ...], want: tuple[int, ...], lower_rank: bool) -> bool:
+    """Same shape, or (with `lower_rank`, for sites that train a rank of their own) a LoRA
+    factor of rank 1..r: A (r, in) and B (out, r) with the same in and out. The one rule
+    both the egress check and the server's screening apply."""
+    if tuple(got) == tuple(want):
+        return True
+    if not lower_rank or len(got) != 2 or len(want) != 2:
+        return False
+    if key.endswith(".lora_A.weight"):
+        return got[1] == want[1] and 1 <= got[0] <= want[0]
+    if key.endswith(".lora_B.weight"):
+        return got[0] == want[0] and 1 <= got[1] <= want[1]
+    return False
+
+
 def _factor_role(key: str) -> tuple[str, str] | None:
     for a_suffix, b_suffix in PAIR_SUFFIXES:
         if key.endswith(a_suffix):

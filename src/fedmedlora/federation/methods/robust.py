@@ -143,7 +143,7 @@ def trimmed_mean(
     out: dict[str, torch.Tensor] = {}
     for key in deltas[0]:
         s = torch.stack([d[key] for d in deltas]).sort(dim=0).values
-        out[key] = s.mean(dim=0)
+        out[key] = s[k : n - k].mean(dim=0)
     return out, {"trimmed_per_side": k}
 
 

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import torch
 
 from fedmedlora.federation.aggregation import State
+from fedmedlora.federation.methods.lora_pairs import fits_shape
 
 DEFAULT_NORM_FACTOR = 10.0
 MIN_SITES_FOR_NORM_RULE = 3
-_LORA_A = ".lora_A.weight"
-_LORA_B = ".lora_B.weight"
 
 
 class NotEnoughSites(ValueError):
@@ -145,7 +144,7 @@ def _structural_problem(global_state: State, state: State, lower_rank: bool) -> 
         return "keys differ from the global adapter's: " + ", ".join(parts)
     for key, g in global_state.items():
         shape, expected = tuple(state[key].shape), tuple(g.shape)
-        if not _fits(key, shape, expected, lower_rank):
+        if not fits_shape(key, shape, expected, lower_rank):
             hint = " (only the LoRA rank may be smaller)" if lower_rank else ""
             return f"{key}: shape {shape} does not fit the global's {expected}{hint}"
     for key in global_state:
@@ -162,19 +161,6 @@ def _structural_problem(global_state: State, state: State, lower_rank: bool) -> 
         more = f" (and {len(bad) - 1} more keys)" if len(bad) > 1 else ""
         return f"{what} in {key}{more}"
     return None
-
-
-def _fits(key: str, got: tuple[int, ...], want: tuple[int, ...], lower_rank: bool) -> bool:
-    """Same shape, or (lower_rank) a LoRA factor of rank 1..r: the egress check's rule."""
-    if got == want:
-        return True
-    if not lower_rank or len(got) != 2 or len(want) != 2:
-        return False
-    if key.endswith(_LORA_A):  # (r, in)
-        return got[1] == want[1] and 1 <= got[0] <= want[0]
-    if key.endswith(_LORA_B):  # (out, r)
-        return got[0] == want[0] and 1 <= got[1] <= want[1]
-    return False
 
 
 def _delta_norm(global_state: State, state: State) -> float:

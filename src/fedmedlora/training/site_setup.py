@@ -1,0 +1,79 @@
+"""One site's local recipe from the run's recipe: its documents (a configured site, or a
+site config file of its own as a SuperNode gets) and its own settings (LoRA rank, keep
+folder). Shared by the Flower client and the site-side CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fedmedlora.config import Recipe, SiteSource
+from fedmedlora.data.schema import load_schema
+from fedmedlora.data.sites import load_site, load_source
+from fedmedlora.errors import ConfigError
+from fedmedlora.training.recipe import SiteRecipe
+
+
+def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> SiteRecipe:
+    """`site_config`: a YAML site source file (deployment); else `site_name` from the
+    recipe's data (simulation, or a site of the run config)."""
+    schema = load_schema(recipe.schema_name)
+    if site_config:
+        source = read_site_config(site_config)
+        return SiteRecipe(
+            own_rank(recipe, source.lora_rank),
+            load_source(source, schema, recipe.seed),
+            keep_dir=source.keep_dir,
+        )
+    rank = recipe.data.site_ranks().get(site_name)
+    source = next((s for s in recipe.data.sites if s.name == site_name), None)
+    return SiteRecipe(
+        own_rank(recipe, rank),
+        load_site(recipe.data, site_name, schema, recipe.seed),
+        keep_dir=source.keep_dir if source else None,
+    )
+
+
+def read_site_config(path: str | Path) -> SiteSource:
+    try:
+        source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
+    base = Path(path).resolve().parent  # relative data paths: relative to the file
+
+    def resolve(value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else base / p)
+
+    source.train = [resolve(p) for p in source.train_paths]
+    if source.test is not None:
+        source.test = [resolve(p) for p in source.test_paths]
+    return source
+
+
+def own_rank(recipe: Recipe, rank: int | None) -> Recipe:
+    """The recipe with this site's own LoRA rank (what its compute allows)."""
+    if rank is None or rank == recipe.lora.rank:
+        return recipe
+    if rank > recipe.lora.rank:
+        raise ConfigError(f"site rank {rank} exceeds the global rank {recipe.lora.rank}")
+    return recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"rank": rank})})
+
+
+def fit_rank(site: SiteRecipe, state: dict) -> dict:
+    """`state` in this site's shapes: a site of its own, lower rank gets the global
+    adapter's SVD-optimal truncation to that rank (see federation/methods/hetero_rank)."""
+    from fedmedlora.federation.methods.hetero_rank import redistribute, site_rank
+    from fedmedlora.federation.methods.lora_pairs import lora_scaling
+
+    initial = site.lm.initial
+    if all(k in initial and state[k].shape == initial[k].shape for k in state):
+        return state
+    alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
+    return redistribute(
+        state,
+        rank,
+        lora_scaling(alpha, rank),
+        global_scaling=lora_scaling(alpha, site_rank(state)),
+    )
