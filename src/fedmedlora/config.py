@@ -139,6 +139,10 @@ AggregationMethod = Literal[
     "fedavgm",
     "fedadam",
     "fedyogi",
+    "median",
+    "trimmed-mean",
+    "multi-krum",
+    "norm-clip",
 ]
 
 
@@ -163,6 +167,13 @@ class AggregationSettings(_Strict):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
+    # Robust aggregation against hostile sites (over the updates; docs/robustness.md).
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: per end")
+    krum_f: int = Field(1, ge=0, description="multi-krum: hostile sites tolerated")
+    krum_m: int | None = Field(None, ge=1, description="multi-krum: updates averaged")
+    clip_norm: float | None = Field(
+        None, gt=0, description="norm-clip: L2 bound per update (default: median norm)"
+    )
 
     @model_validator(mode="after")
     def _server_data(self) -> AggregationSettings:
@@ -172,10 +183,23 @@ class AggregationSettings(_Strict):
         return self
 
 
+class ScreeningSettings(_Strict):
+    """Faulty replies (NaN/Inf, wrong keys or shapes, an update norm far above the
+    others') are left out of a round; the round goes on if enough remain."""
+
+    norm_factor: float = Field(
+        10.0, gt=1, description="reject an update whose norm exceeds this x the others' median"
+    )
+    min_updates: int = Field(
+        1, ge=1, description="accepted updates a round needs to aggregate (else skipped)"
+    )
+
+
 class FederationSettings(_Strict):
     rounds: int = Field(3, ge=1)
     min_sites: int | None = Field(None, ge=1, description="default: number of configured sites")
     aggregation: AggregationSettings = AggregationSettings()
+    screening: ScreeningSettings = ScreeningSettings()
     fraction_train: float = Field(1.0, gt=0, le=1)
     evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
     evaluate_zero_shot: bool = True

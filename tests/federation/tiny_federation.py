@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -38,7 +39,7 @@ class RecordingGrid:
         return replies
 
     def train_replies(self) -> list:
-        return [m for m in self.received if m.content.array_records]
+        return [m for m in self.received if m.has_content() and m.content.array_records]
 
     def train_messages(self) -> list:
         return [m for m in self.sent if m.metadata.message_type == "train"]
@@ -54,7 +55,11 @@ class TinyRun:
 
 
 def run_tiny(
-    root: Path, federation: str = "{rounds: 2}", extra: str = "", north: str = ""
+    root: Path,
+    federation: str = "{rounds: 2}",
+    extra: str = "",
+    north: str = "",
+    client: ClientApp = client_app,
 ) -> TinyRun:
     """`federation`: the YAML of the federation block; `extra`: more top-level YAML;
     `north`: more keys for the north site (e.g. ", lora_rank: 4")."""
@@ -83,7 +88,7 @@ def run_tiny(
 
     run_simulation(
         server_app=server,
-        client_app=client_app,
+        client_app=client,
         num_supernodes=2,
         backend_config=backend_config(config),
     )

@@ -12,6 +12,11 @@ adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replie
 | fedsa       | A only     | average of A; every site keeps its own B (personalized)  |
 | fedprox     | A, B       | as fedmedlora; sites add the proximal term               |
 | fedavgm / fedadam / fedyogi | A, B | server optimizer step along the averaged delta |
+| median / trimmed-mean / multi-krum / norm-clip | A, B | robust combination of the
+  sites' updates, against hostile sites (methods/robust.py)                           |
+
+Before any of these, every reply is screened (methods/screening.py): NaN/Inf, wrong keys
+or shapes, or an update norm far above the others' leave that site out of the round.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedmedlora.config import AggregationSettings
+from fedmedlora.config import AggregationSettings, ScreeningSettings
 from fedmedlora.federation.aggregation import State, weighted_average
 from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
@@ -29,9 +34,13 @@ from fedmedlora.federation.methods.fedsa import aggregate_shared, merge_personal
 from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
 from fedmedlora.federation.methods.hetero_rank import hetero_aggregate
 from fedmedlora.federation.methods.lora_pairs import lora_scaling
+from fedmedlora.federation.methods.robust import robust_aggregate
+from fedmedlora.federation.methods.screening import require_sites, screen_updates
 from fedmedlora.model.lora import LoraSettings
 
 SERVER_OPTIMIZERS = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01}  # default server lr
+ROBUST = {"median": "median", "trimmed-mean": "trimmed_mean", "multi-krum": "multi_krum",
+          "norm-clip": "norm_clip"}  # fmt: skip
 
 
 @dataclass
@@ -51,8 +60,11 @@ class Aggregator:
     initial: dict[str, torch.Tensor]
     # Fed-MedLoRA+ with server-held data: the loss of a full adapter on that data.
     server_loss: Callable[[dict[str, torch.Tensor]], float] | None = None
+    screening: ScreeningSettings = field(default_factory=ScreeningSettings)
     opt_state: dict[str, torch.Tensor] = field(default_factory=dict)
     weights_log: dict[int, dict[str, float]] = field(default_factory=dict)
+    # round -> "site: reason" for each update left out by screening
+    screened_out: dict[int, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.settings
@@ -104,14 +116,44 @@ class Aggregator:
         self.weights_log[server_round] = {u.site: w for u, w in zip(updates, weights, strict=True)}
         return weights
 
+    def _robust_params(self) -> dict:
+        m = self.settings
+        return {
+            "median": {},
+            "trimmed-mean": {"beta": m.trim_fraction},
+            "multi-krum": {"f": m.krum_f, "m": m.krum_m},
+            "norm-clip": {"max_norm": m.clip_norm},
+        }[self.method]
+
     def aggregate(
         self, server_round: int, current: State, updates: Sequence[SiteUpdate]
     ) -> dict[str, torch.Tensor]:
         """The next global adapter (in its sent form) from this round's replies."""
         if not updates:
             raise ValueError("nothing to aggregate")
+        screened = screen_updates(
+            current,
+            [(u.site, u.state) for u in updates],
+            lower_rank=self.method == "exact",
+            norm_factor=self.screening.norm_factor,
+        )
+        self.screened_out[server_round] = screened.reasons()
+        require_sites(screened, self.screening.min_updates)  # NotEnoughSites: round skipped
+        updates = [updates[i] for i in screened.accepted]
         weights = self.weights(server_round, updates)
         states = [u.state for u in updates]
+        if self.method in ROBUST:
+            aggregated, info = robust_aggregate(
+                current, states, weights, ROBUST[self.method], **self._robust_params()
+            )
+            if "selected" in info:  # multi-krum: only the selected sites count
+                chosen = {updates[i].site for i in info["selected"]}
+                logged = self.weights_log[server_round]
+                total = sum(w for s, w in logged.items() if s in chosen)
+                self.weights_log[server_round] = {
+                    s: (w / total if s in chosen else 0.0) for s, w in logged.items()
+                }
+            return aggregated
         if self.method == "ffa":
             return ffa_aggregate(states, weights)
         if self.method == "fedsa":

@@ -77,7 +77,11 @@ def run_federation(
 
     fed = config.federation
     aggregator = Aggregator(
-        fed.aggregation, recipe.lora, initial, server_loss=_server_loss(config, recipe, lm)
+        fed.aggregation,
+        recipe.lora,
+        initial,
+        server_loss=_server_loss(config, recipe, lm),
+        screening=fed.screening,
     )
     sent = aggregator.downlink(initial)
     strategy = FedMedLoRA(
@@ -112,11 +116,9 @@ def run_federation(
             ),
             evaluate_config=ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": False}),
         )
-        missing = [r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics]
-        if missing:
+        if not strategy.train_metrics:
             raise FedMedLoRAError(
-                f"no site replied usefully in round(s) {missing}: "
-                + "; ".join(strategy.rejected[:5])
+                "no round could aggregate any site's update: " + "; ".join(strategy.rejected[:5])
             )
         final = from_record(result.arrays)
         if aggregator.method == "fedsa":
@@ -132,6 +134,9 @@ def run_federation(
         raise
     finally:
         recorder.data["rejected_replies"] = strategy.rejected
+        recorder.data["skipped_rounds"] = [
+            r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics
+        ]
         recorder.traffic(dict(strategy.traffic))
         results = recorder.finish(status, **({"error": error} if error else {}))
         if any("sites" in r for r in results["rounds"]):

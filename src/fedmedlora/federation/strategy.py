@@ -28,6 +28,7 @@ from fedmedlora.federation.messages import (
     to_record,
     wire_bytes,
 )
+from fedmedlora.federation.methods.screening import NotEnoughSites
 from fedmedlora.federation.privacy import EgressViolation, check_reply
 
 NUM_EXAMPLES = "num-examples"
@@ -68,6 +69,7 @@ class FedMedLoRA(FedAvg):
             lambda: {p: {"down": 0, "up": 0, "messages": 0} for p in ("train", "evaluate")}
         )
         self.rejected: list[str] = []
+        self.skipped_rounds: list[int] = []
         self.site_scores: dict[int, dict[str, Scores]] = {}
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
@@ -149,13 +151,27 @@ class FedMedLoRA(FedAvg):
                 )
             )
         assert self.current is not None, "configure_train runs before aggregate_train"
-        aggregated = self.aggregator.aggregate(server_round, self.current, updates)
+        try:
+            aggregated = self.aggregator.aggregate(server_round, self.current, updates)
+        except NotEnoughSites as exc:
+            reason = f"round {server_round} skipped, the global adapter kept: {exc}"
+            log(WARNING, reason)
+            self.rejected.append(reason)
+            self.skipped_rounds.append(server_round)
+            return None, None
+        finally:
+            for why in self.aggregator.screened_out.get(server_round, []):
+                reason = f"round {server_round}: left out {why}"
+                log(WARNING, reason)
+                self.rejected.append(reason)
         weights = self.aggregator.weights_log[server_round]
-        per_site = {u.site: {**u.metrics, "aggregation-weight": weights[u.site]} for u in updates}
+        per_site = {
+            u.site: {**u.metrics, "aggregation-weight": weights.get(u.site, 0.0)} for u in updates
+        }
         self.train_metrics[server_round] = per_site
         if self.on_trained:
             self.on_trained(server_round, per_site)
-        loss = sum(u.metrics.get("train-loss", 0.0) * weights[u.site] for u in updates)
+        loss = sum(u.metrics.get("train-loss", 0.0) * weights.get(u.site, 0.0) for u in updates)
         return to_record(aggregated), MetricRecord({"train-loss": loss, "sites": len(updates)})
 
     # --- evaluation -------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""The server's aggregation step without Flower: screening of faulty updates, the method
+chosen by the config, and robust methods against hostile sites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedmedlora.config import AggregationSettings, ScreeningSettings
+from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
+from fedmedlora.federation.methods.screening import NotEnoughSites
+from fedmedlora.model.lora import LoraSettings
+
+KEYS = {"m.lora_A.weight": (2, 6), "m.lora_B.weight": (5, 2)}
+
+
+def _state(g: torch.Generator, scale: float = 0.0, base=None) -> dict[str, torch.Tensor]:
+    base = base or {k: torch.zeros(s) for k, s in KEYS.items()}
+    return {k: base[k] + scale * torch.randn(s, generator=g) for k, s in KEYS.items()}
+
+
+def _aggregator(method: str = "fedmedlora", min_updates: int = 1, **settings) -> Aggregator:
+    g = torch.Generator().manual_seed(0)
+    return Aggregator(
+        AggregationSettings(method=method, **settings),
+        LoraSettings(rank=2, alpha=4),
+        _state(g, 1.0),
+        screening=ScreeningSettings(min_updates=min_updates),
+    )
+
+
+def test_faulty_updates_are_left_out_with_a_reason_and_the_round_goes_on():
+    g = torch.Generator().manual_seed(1)
+    current = _state(g, 1.0)
+    good = [SiteUpdate(f"s{i}", _state(g, 0.1, current), 10.0 + i) for i in range(3)]
+    nan = _state(g, 0.1, current)
+    nan["m.lora_B.weight"][0, 0] = float("nan")
+    huge = _state(g, 100.0, current)
+    wrong = {**_state(g, 0.1, current), "m.lora_B.weight": torch.zeros(5, 3)}
+    bad = [
+        SiteUpdate("nan-site", nan, 10),
+        SiteUpdate("huge-site", huge, 10),
+        SiteUpdate("wrong-site", wrong, 10),
+    ]
+    agg = _aggregator()
+    out = agg.aggregate(1, current, good + bad)
+    reasons = " | ".join(agg.screened_out[1])
+    assert "nan-site: " in reasons and "NaN" in reasons
+    assert "huge-site: " in reasons and "median" in reasons
+    assert "wrong-site: " in reasons and "shape" in reasons
+    expected = weighted_average([u.state for u in good], [u.num_examples for u in good])
+    assert all(torch.allclose(out[k], expected[k]) for k in KEYS)
+    assert set(agg.weights_log[1]) == {"s0", "s1", "s2"}
+
+
+def test_too_few_good_updates_skip_the_round():
+    g = torch.Generator().manual_seed(2)
+    current = _state(g, 1.0)
+    nan = _state(g, 0.1, current)
+    nan["m.lora_A.weight"][:] = float("inf")
+    updates = [SiteUpdate("ok", _state(g, 0.1, current), 5), SiteUpdate("bad", nan, 5)]
+    with pytest.raises(NotEnoughSites, match=r"only 1 of 2 .* at least 2 required.*bad"):
+        _aggregator(min_updates=2).aggregate(1, current, updates)
+
+
+@pytest.mark.parametrize("method", ["median", "trimmed-mean", "multi-krum"])
+def test_robust_methods_resist_sign_flipping_sites_that_plain_averaging_follows(method):
+    g = torch.Generator().manual_seed(3)
+    current = _state(g, 1.0)
+    true = _state(g, 1.0)
+    honest = [
+        SiteUpdate(
+            f"h{i}",
+            {k: current[k] + true[k] + 0.1 * torch.randn(s, generator=g) for k, s in KEYS.items()},
+            10,
+        )
+        for i in range(6)
+    ]
+    # Same norm as an honest update (so screening lets them through), opposite direction.
+    hostile = [
+        SiteUpdate(f"x{i}", {k: current[k] - 3 * true[k] for k in KEYS}, 10) for i in range(2)
+    ]
+    target = {k: current[k] + true[k] for k in KEYS}
+
+    def error(state):
+        num = sum(float((state[k] - target[k]).norm() ** 2) for k in KEYS)
+        return (num / sum(float(true[k].norm() ** 2) for k in KEYS)) ** 0.5
+
+    plain = _aggregator().aggregate(1, current, honest + hostile)
+    robust_agg = _aggregator(method, trim_fraction=0.3, krum_f=2)
+    robust = robust_agg.aggregate(1, current, honest + hostile)
+    assert error(plain) > 0.9  # the mean is dragged 8/8 x 2/8 of the way back and more
+    assert error(robust) < 0.3
+    weights = robust_agg.weights_log[1]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    if method == "multi-krum":
+        assert weights["x0"] == weights["x1"] == 0.0
+
+
+def test_norm_clipping_bounds_a_scaled_update():
+    g = torch.Generator().manual_seed(4)
+    current = _state(g, 1.0)
+    true = _state(g, 1.0)
+    honest = [
+        SiteUpdate(
+            f"h{i}",
+            {k: current[k] + true[k] + 0.05 * torch.randn(s, generator=g) for k, s in KEYS.items()},
+            10,
+        )
+        for i in range(2)
+    ]
+    # 8x an honest update: below the screening factor of 10, so only clipping helps.
+    scaled = SiteUpdate("x", {k: current[k] + 8 * true[k] for k in KEYS}, 10)
+    plain = _aggregator().aggregate(1, current, [*honest, scaled])
+    clipped = _aggregator("norm-clip").aggregate(1, current, [*honest, scaled])
+
+    def pull(state):
+        return sum(float((state[k] - current[k]).norm() ** 2) for k in KEYS) ** 0.5
+
+    honest_pull = sum(float(true[k].norm() ** 2) for k in KEYS) ** 0.5
+    assert pull(plain) > 3 * honest_pull
+    assert pull(clipped) < 1.1 * honest_pull
