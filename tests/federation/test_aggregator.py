@@ -96,6 +96,8 @@ def test_robust_methods_resist_sign_flipping_sites_that_plain_averaging_follows(
     assert sum(weights.values()) == pytest.approx(1.0)
     if method == "multi-krum":
         assert weights["x0"] == weights["x1"] == 0.0
+    else:  # coordinate-wise methods ignore the sites' own example counts
+        assert list(weights.values()) == pytest.approx([1 / 8] * 8)
 
 
 def test_norm_clipping_bounds_a_scaled_update():

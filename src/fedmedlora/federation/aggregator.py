@@ -146,6 +146,8 @@ class Aggregator:
             aggregated, info = robust_aggregate(
                 current, states, weights, ROBUST[self.method], **self._robust_params()
             )
+            if self.method in ("median", "trimmed-mean"):  # every site counts alike
+                self.weights_log[server_round] = {u.site: 1 / len(updates) for u in updates}
             if "selected" in info:  # multi-krum: only the selected sites count
                 chosen = {updates[i].site for i in info["selected"]}
                 logged = self.weights_log[server_round]
