@@ -36,7 +36,9 @@ class ProgressPrinter:
         return f"[dim]{time.perf_counter() - self.began:6.0f}s[/]"
 
     def __call__(self, event: str, rnd: int, payload: Any) -> None:
-        if event == "zero-shot":
+        if event == "resumed":
+            console.print(f"{self._t()} resumed after round {rnd} from the checkpoint")
+        elif event == "zero-shot":
             console.print(f"{self._t()} zero-shot evaluation of the base model at every site")
         elif event == "trained":
             parts = ", ".join(
@@ -71,7 +73,7 @@ class ProgressPrinter:
             console.print(table)
 
 
-def execute(config: RunConfig, out: Path) -> dict[str, Any]:
+def execute(config: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     from fedmedlora.federation.simulation import simulate
 
     quiet_libraries()
@@ -80,7 +82,7 @@ def execute(config: RunConfig, out: Path) -> dict[str, Any]:
         f"sites {', '.join(config.data.site_names)}, {config.federation.rounds} rounds "
         f"-> {out}"
     )
-    results = simulate(config, out, listener=ProgressPrinter())
+    results = simulate(config, out, listener=ProgressPrinter(), resume=resume)
     final, zero = results.get("final", {}), results.get("zero_shot", {})
     if final:
         z = zero.get("micro", {}).get("entity_strict_f1")
@@ -122,7 +124,10 @@ def run(
         list[str] | None, typer.Option("--set", help="override, e.g. train.local_steps=20")
     ] = None,
     aggregation: Annotated[str | None, typer.Option(help=AGGREGATION_HELP)] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue a killed run from the checkpoint in --out")
+    ] = False,
 ) -> None:
     """Run a federation described by a config file in Flower's Simulation Engine."""
     cfg = load_config(config, _overrides(set_, aggregation))
-    execute(cfg, out or Path("runs") / cfg.name)
+    execute(cfg, out or Path("runs") / cfg.name, resume=resume)

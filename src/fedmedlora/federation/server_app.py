@@ -20,6 +20,7 @@ from fedmedlora.errors import FedMedLoRAError
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.evaluation.report import write_report
 from fedmedlora.evaluation.results import RunRecorder
+from fedmedlora.federation import checkpoint
 from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.strategy import FedMedLoRA
@@ -36,9 +37,14 @@ Listener = Callable[[str, int, Any], None]
 
 
 def run_federation(
-    grid: Grid, config: RunConfig, out_dir: Path, listener: Listener | None = None
+    grid: Grid,
+    config: RunConfig,
+    out_dir: Path,
+    listener: Listener | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Zero-shot evaluation, `rounds` rounds of Fed-MedLoRA, final adapter and report."""
+    """Zero-shot evaluation, `rounds` rounds of Fed-MedLoRA, final adapter and report.
+    A checkpoint is written after every round; `resume` continues from the last one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = config.recipe()
@@ -95,10 +101,48 @@ def run_federation(
         on_trained=trained,
     )
     recipe_json = recipe.to_json()
+    stamp = checkpoint.fingerprint(config.model_dump(mode="json", by_alias=True))
+    done = 0
+    if resume:
+        saved = checkpoint.load(out_dir, stamp)
+        done, sent = int(saved["round"]), saved["arrays"]
+        for name, value in saved["aggregator"].items():
+            setattr(aggregator, name, value)
+        strategy.traffic.update(saved["strategy"].pop("traffic"))
+        for name, value in saved["strategy"].items():
+            setattr(strategy, name, value)
+        recorder.data = saved["recorder"]
+        strategy.round_offset = done
+        if listener:
+            listener("resumed", done, None)
+
+    def round_end(rnd: int, arrays) -> None:
+        checkpoint.save(
+            out_dir,
+            {
+                "fingerprint": stamp,
+                "round": rnd,
+                "arrays": from_record(arrays),
+                "aggregator": {
+                    "opt_state": aggregator.opt_state,
+                    "weights_log": aggregator.weights_log,
+                    "screened_out": aggregator.screened_out,
+                },
+                "strategy": {
+                    "traffic": dict(strategy.traffic),
+                    "rejected": strategy.rejected,
+                    "skipped_rounds": strategy.skipped_rounds,
+                    "train_metrics": strategy.train_metrics,
+                },
+                "recorder": recorder.data,
+            },
+        )
+
+    strategy.on_round_end = round_end
     arrays = to_record(sent)
     status, error = "completed", None
     try:
-        if fed.evaluate_zero_shot:
+        if fed.evaluate_zero_shot and not resume:
             if listener:
                 listener("zero-shot", 0, None)
             zero_cfg = ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": True})
@@ -106,21 +150,23 @@ def run_federation(
                 strategy.configure_evaluate(0, arrays, zero_cfg, grid), timeout=fed.timeout_s
             )
             strategy.aggregate_evaluate(0, replies)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=arrays,
-            num_rounds=fed.rounds,
-            timeout=fed.timeout_s,
-            train_config=ConfigRecord(
-                {"recipe": recipe_json, "total-steps": fed.rounds * recipe.train.local_steps}
-            ),
-            evaluate_config=ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": False}),
-        )
+        final_arrays = arrays  # a checkpoint of the last round: nothing left to run
+        if done < fed.rounds:
+            final_arrays = strategy.start(
+                grid=grid,
+                initial_arrays=arrays,
+                num_rounds=fed.rounds - done,
+                timeout=fed.timeout_s,
+                train_config=ConfigRecord(
+                    {"recipe": recipe_json, "total-steps": fed.rounds * recipe.train.local_steps}
+                ),
+                evaluate_config=ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": False}),
+            ).arrays
         if not strategy.train_metrics:
             raise FedMedLoRAError(
                 "no round could aggregate any site's update: " + "; ".join(strategy.rejected[:5])
             )
-        final = from_record(result.arrays)
+        final = from_record(final_arrays)
         if aggregator.method == "fedsa":
             # Each site's B never left it: there is no global adapter, only the shared
             # part (the sites keep their personalized adapters, see SiteSource.keep_dir).
@@ -176,4 +222,5 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     path = str(context.run_config.get("config", "")) or None
     out = Path(str(context.run_config.get("out", "") or "runs/flwr"))
-    run_federation(grid, load_config(path), out)
+    resume = str(context.run_config.get("resume", "false")).lower() in ("1", "true", "yes")
+    run_federation(grid, load_config(path), out, resume=resume)

@@ -34,9 +34,14 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
 
 
 def simulate(
-    config: RunConfig, out_dir: Path, listener: Listener | None = None, quiet: bool = True
+    config: RunConfig,
+    out_dir: Path,
+    listener: Listener | None = None,
+    quiet: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run the federation in simulation; returns results.json's content."""
+    """Run the federation in simulation; returns results.json's content. `resume`
+    continues from the checkpoint in `out_dir`."""
     from flwr.simulation import run_simulation
 
     outcome: dict[str, Any] = {}
@@ -45,7 +50,7 @@ def simulate(
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["results"] = run_federation(grid, config, out_dir, listener)
+            outcome["results"] = run_federation(grid, config, out_dir, listener, resume)
         except BaseException as exc:  # re-raised in the caller's thread below
             outcome["error"] = exc
 

@@ -46,6 +46,8 @@ class FedMedLoRA(FedAvg):
         num_rounds: int = 1,
         on_evaluated: Callable[[int, dict[str, Scores]], None] | None = None,
         on_trained: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+        on_round_end: Callable[[int, ArrayRecord | None], None] | None = None,
+        round_offset: int = 0,
     ):
         super().__init__(
             fraction_train=fraction_train,
@@ -64,6 +66,11 @@ class FedMedLoRA(FedAvg):
         self.num_rounds = num_rounds
         self.on_evaluated = on_evaluated
         self.on_trained = on_trained
+        # Called after every round's aggregation and evaluation (checkpoints).
+        self.on_round_end = on_round_end
+        # Rounds already done before this start() (a resumed run): Flower counts from 1.
+        self.round_offset = round_offset
+        self.global_arrays: ArrayRecord | None = None
         # round -> phase ("train"/"evaluate") -> direction -> bytes
         self.traffic: defaultdict[int, dict] = defaultdict(
             lambda: {p: {"down": 0, "up": 0, "messages": 0} for p in ("train", "evaluate")}
@@ -121,7 +128,9 @@ class FedMedLoRA(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self.current = from_record(arrays)
+        self.global_arrays = arrays
         config = ConfigRecord({**config, "aggregation": self.aggregator.method})
         return self._count(
             server_round,
@@ -135,6 +144,7 @@ class FedMedLoRA(FedAvg):
         server_round: int,
         replies: Iterable[Message],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         replies = self._count(server_round, "train", "up", replies)
         accepted = self._accepted(replies, train=True)
         if not accepted:
@@ -172,7 +182,8 @@ class FedMedLoRA(FedAvg):
         if self.on_trained:
             self.on_trained(server_round, per_site)
         loss = sum(u.metrics.get("train-loss", 0.0) * weights.get(u.site, 0.0) for u in updates)
-        return to_record(aggregated), MetricRecord({"train-loss": loss, "sites": len(updates)})
+        self.global_arrays = to_record(aggregated)
+        return self.global_arrays, MetricRecord({"train-loss": loss, "sites": len(updates)})
 
     # --- evaluation -------------------------------------------------------------------
     def wants_evaluation(self, server_round: int) -> bool:
@@ -183,7 +194,11 @@ class FedMedLoRA(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if server_round > 0:  # round 0 (zero-shot) is the server app's own call
+            server_round += self.round_offset
         if not self.wants_evaluation(server_round):
+            if server_round > 0 and self.on_round_end:
+                self.on_round_end(server_round, self.global_arrays)
             return []
         return self._count(
             server_round,
@@ -197,6 +212,18 @@ class FedMedLoRA(FedAvg):
         server_round: int,
         replies: Iterable[Message],
     ) -> MetricRecord | None:
+        if server_round > 0:
+            server_round += self.round_offset
+        replies = list(replies)
+        if not replies and not self.wants_evaluation(server_round):
+            return None  # not an evaluation round: on_round_end ran in configure_evaluate
+        try:
+            return self._aggregate_evaluate(server_round, replies)
+        finally:
+            if server_round > 0 and self.on_round_end:
+                self.on_round_end(server_round, self.global_arrays)
+
+    def _aggregate_evaluate(self, server_round: int, replies: list[Message]) -> MetricRecord | None:
         replies = self._count(server_round, "evaluate", "up", replies)
         accepted = self._accepted(replies, train=False)
         if not accepted:

@@ -301,19 +301,23 @@ class SiteRecipe:
             regularizer = partial(proximal_term, live, anchor, proximal_mu)
         for p in frozen:
             p.requires_grad_(False)
-        try:
-            stats = train_on(
-                self.recipe,
-                self.examples.examples,
-                start_step=(server_round - 1) * steps if start_step is None else start_step,
-                total_steps=total_steps,
-                steps=steps,
-                seed=self.seed(server_round),
-                regularizer=regularizer,
-            )
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
+        # Dropout draws from torch's generator: seeded per (run, site, round), so a round
+        # gives the same adapter in any process (a resumed run, another Ray actor).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed(server_round))
+            try:
+                stats = train_on(
+                    self.recipe,
+                    self.examples.examples,
+                    start_step=(server_round - 1) * steps if start_step is None else start_step,
+                    total_steps=total_steps,
+                    steps=steps,
+                    seed=self.seed(server_round),
+                    regularizer=regularizer,
+                )
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
         return adapter_state(model), stats
 
     def validation_loss(self, state: dict[str, torch.Tensor] | None = None) -> float:
