@@ -24,7 +24,11 @@ def test_aggregation_method_is_one_option_with_site_side_defaults():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"federation.aggregation.method": "median"}, "federation.aggregation.method"),
+        ({"federation.aggregation.method": "fedbogus"}, "federation.aggregation.method"),
+        (
+            {"federation.privacy.noise_multiplier": 1.0, "federation.aggregation.method": "median"},
+            "differential privacy needs an averaging method",
+        ),
         (
             {
                 "federation.aggregation.method": "fedmedlora+",

@@ -195,11 +195,32 @@ class ScreeningSettings(_Strict):
     )
 
 
+class PrivacySettings(_Strict):
+    """Client-level differential privacy of the global adapter (docs/privacy.md)."""
+
+    noise_multiplier: float = Field(0.0, ge=0, description="z; 0 turns DP off")
+    clip_norm: float = Field(1.0, gt=0, description="C: L2 bound of each site's update")
+    target_delta: float = Field(1e-5, gt=0, lt=1, description="the δ that ε is reported at")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="skip rounds whose release would spend more ε than this"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+# Methods whose aggregate is an average of the updates, which DP-FedAvg replaces by the
+# clipped, equally weighted, noised average (server optimizers then post-process it).
+DP_METHODS = ("fedmedlora", "fedprox", "ffa", "fedsa", "fedavgm", "fedadam", "fedyogi")
+
+
 class FederationSettings(_Strict):
     rounds: int = Field(3, ge=1)
     min_sites: int | None = Field(None, ge=1, description="default: number of configured sites")
     aggregation: AggregationSettings = AggregationSettings()
     screening: ScreeningSettings = ScreeningSettings()
+    privacy: PrivacySettings = PrivacySettings()
     fraction_train: float = Field(1.0, gt=0, le=1)
     evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
     evaluate_zero_shot: bool = True
@@ -246,6 +267,11 @@ class RunConfig(Recipe):
             self.train.validation_fraction = 0.1
         if agg.method == "fedprox" and self.train.proximal_mu == 0:
             self.train.proximal_mu = 0.01
+        if self.federation.privacy.enabled and agg.method not in DP_METHODS:
+            raise ValueError(
+                f"differential privacy needs an averaging method ({', '.join(DP_METHODS)}), "
+                f"not {agg.method}"
+            )
         ranks = self.data.site_ranks()
         unknown = sorted(set(ranks) - set(self.data.site_names))
         if unknown:

@@ -123,3 +123,60 @@ def test_norm_clipping_bounds_a_scaled_update():
     honest_pull = sum(float(true[k].norm() ** 2) for k in KEYS) ** 0.5
     assert pull(plain) > 3 * honest_pull
     assert pull(clipped) < 1.1 * honest_pull
+
+
+def test_differential_privacy_is_accounted_round_by_round_and_capped():
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    from fedmedlora.config import PrivacySettings
+    from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted
+
+    def make(max_epsilon=None):
+        g = torch.Generator().manual_seed(0)
+        return Aggregator(
+            AggregationSettings(),
+            LoraSettings(rank=2, alpha=4),
+            _state(g, 1.0),
+            privacy=PrivacySettings(noise_multiplier=1.0, clip_norm=0.5, max_epsilon=max_epsilon),
+            population=3,
+        )
+
+    g = torch.Generator().manual_seed(5)
+    current = _state(g, 1.0)
+    updates = [SiteUpdate(f"s{i}", _state(g, 0.1, current), 10.0 * (i + 1)) for i in range(3)]
+    agg = make()
+    reference = RdpAccountant(
+        PrivacyConfig(
+            1e-5, 3, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION
+        )
+    )
+    epsilons = []
+    for rnd in (1, 2, 3):
+        agg.aggregate(rnd, current, updates)
+        reference.compose(
+            GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=3, population_size=3)
+        )
+        epsilons.append(agg.privacy_log[rnd]["epsilon"])
+        assert epsilons[-1] == pytest.approx(reference.get_privacy_spent().epsilon)
+        assert list(agg.weights_log[rnd].values()) == pytest.approx([1 / 3] * 3)  # equal weights
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0
+    assert agg.privacy_log[1]["noise_std"] == pytest.approx(1.0 * 0.5 / 3)
+
+    # a resumed aggregator continues the same budget and the same noise stream
+    resumed = make()
+    resumed.load_state_dict(agg.state_dict())
+    a, b = agg.aggregate(4, current, updates), resumed.aggregate(4, current, updates)
+    assert all(torch.equal(a[k], b[k]) for k in KEYS)
+    assert resumed.privacy_log[4]["epsilon"] == pytest.approx(agg.privacy_log[4]["epsilon"])
+
+    capped = make(max_epsilon=epsilons[1] + 1e-6)
+    capped.aggregate(1, current, updates)
+    capped.aggregate(2, current, updates)
+    with pytest.raises(PrivacyBudgetExhausted, match="max_epsilon"):
+        capped.aggregate(3, current, updates)

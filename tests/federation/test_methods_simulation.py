@@ -191,3 +191,18 @@ def test_fedsa_shares_a_and_keeps_each_sites_b_at_the_site(tmp_path):
         assert torch.equal(personal[key], value)  # the final global A ...
     b_keys = [k for k in personal if ".lora_B." in k]
     assert b_keys and any(personal[k].abs().sum() > 0 for k in b_keys)  # ... with its own B
+
+
+def test_differential_privacy_reports_the_budget_spent_per_round(tmp_path):
+    run = run_tiny(
+        tmp_path,
+        "{rounds: 2, evaluate_every: 0, evaluate_zero_shot: false, "
+        "privacy: {noise_multiplier: 1.1, clip_norm: 0.5}}",
+    )
+    spent = run.results["privacy"]
+    assert set(spent) == {"1", "2"}
+    assert 0 < spent["1"]["epsilon"] < spent["2"]["epsilon"]
+    assert spent["1"]["noise_std"] == pytest.approx(1.1 * 0.5 / 2)
+    weights = [m["aggregation-weight"] for m in run.results["rounds"][0]["train"].values()]
+    assert weights == pytest.approx([0.5, 0.5])  # equal weights under DP
+    assert "Differential privacy" in (run.out / "report.md").read_text()

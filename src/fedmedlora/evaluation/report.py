@@ -138,6 +138,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
         lines += ["", "![F1 per site per round](f1_per_round.png)", ""]
     lines += _contributions(results)
+    lines += _privacy(results)
     comm = results["communication"]
     lines += [
         "## Communication",
@@ -196,6 +197,26 @@ def _contributions(results: dict[str, Any]) -> list[str]:
                 cell += f" (val loss {loss:.3f})"
             cells.append(cell)
         lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _privacy(results: dict[str, Any]) -> list[str]:
+    """The differential-privacy budget spent, round by round (RDP accountant)."""
+    spent = results.get("privacy") or {}
+    if not spent:
+        return []
+    lines = [
+        "## Differential privacy (client-level, central)",
+        "",
+        "| round | epsilon spent | delta | noise std | updates clipped |",
+        "|---|---|---|---|---|",
+    ]
+    for rnd in sorted(spent, key=int):
+        p = spent[rnd]
+        lines.append(
+            f"| {rnd} | {p['epsilon']:.3f} | {p['delta']:g} | {p['noise_std']:.4g} | "
+            f"{p['clipped_updates']} of {p['updates']} |"
+        )
     return [*lines, ""]
 
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedmedlora.config import AggregationSettings, ScreeningSettings
+from fedmedlora.config import AggregationSettings, PrivacySettings, ScreeningSettings
 from fedmedlora.federation.aggregation import State, weighted_average
 from fedmedlora.federation.methods import server_opt
+from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, dp_average
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
 from fedmedlora.federation.methods.fedsa import aggregate_shared, merge_personal, shared_part
 from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
@@ -65,11 +66,95 @@ class Aggregator:
     weights_log: dict[int, dict[str, float]] = field(default_factory=dict)
     # round -> "site: reason" for each update left out by screening
     screened_out: dict[int, list[str]] = field(default_factory=dict)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    population: int = 1  # sites that may take part (the accountant's population)
+    # round -> epsilon, delta, noise std, clipped updates (differential privacy)
+    privacy_log: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.settings
         if m.method == "fedmedlora+" and m.validation == "server" and self.server_loss is None:
             raise ValueError("fedmedlora+ with server validation needs a server_loss function")
+        self.accountant = None
+        if self.privacy.enabled:
+            import random
+
+            from flwr.supercore.privacy_accounting import (
+                NeighboringRelation,
+                PrivacyConfig,
+                SamplingMethod,
+            )
+            from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+            self.accountant = RdpAccountant(
+                PrivacyConfig(
+                    target_delta=self.privacy.target_delta,
+                    population_size=self.population,
+                    neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                    sampling_method=SamplingMethod.NO_AMPLIFICATION,
+                    max_epsilon=self.privacy.max_epsilon,
+                )
+            )
+            # The noise must be unpredictable to the sites: seeded from the OS, its state
+            # kept in checkpoints so that a resumed run continues the same stream.
+            self.noise = torch.Generator().manual_seed(random.SystemRandom().getrandbits(62))
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs (see federation/checkpoint.py)."""
+        state = {
+            "opt_state": self.opt_state,
+            "weights_log": self.weights_log,
+            "screened_out": self.screened_out,
+            "privacy_log": self.privacy_log,
+        }
+        if self.accountant is not None:
+            state["accountant"] = self.accountant.state_dict()
+            state["noise"] = self.noise.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("opt_state", "weights_log", "screened_out", "privacy_log"):
+            setattr(self, name, state[name])
+        if self.accountant is not None:
+            self.accountant.load_state_dict(state["accountant"])
+            self.noise.set_state(state["noise"])
+
+    def _private_average(
+        self, server_round: int, current: State, states: list[dict]
+    ) -> dict[str, torch.Tensor]:
+        """DP-FedAvg's release, accounted: refuses one that would exceed max ε."""
+        from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+        assert self.accountant is not None
+        event = GaussianPrivacyEvent(
+            noise_multiplier=self.privacy.noise_multiplier,
+            sample_size=len(states),
+            population_size=self.population,
+        )
+        if self.privacy.max_epsilon is not None and self.accountant.would_exceed(event):
+            spent = self.accountant.get_privacy_spent()
+            raise PrivacyBudgetExhausted(
+                f"releasing round {server_round} would exceed max_epsilon "
+                f"{self.privacy.max_epsilon} (spent: epsilon {spent.epsilon:.3f})"
+            )
+        out, info = dp_average(
+            current,
+            states,
+            clip_norm=self.privacy.clip_norm,
+            noise_multiplier=self.privacy.noise_multiplier,
+            generator=self.noise,
+        )
+        self.accountant.compose(event)
+        spent = self.accountant.get_privacy_spent()
+        self.privacy_log[server_round] = {
+            "epsilon": spent.epsilon,
+            "delta": spent.delta,
+            "noise_std": info["noise_std"],
+            "clip_norm": info["clip_norm"],
+            "clipped_updates": info["clipped"],
+            "updates": len(states),
+        }
+        return out
 
     @property
     def method(self) -> str:
@@ -156,9 +241,9 @@ class Aggregator:
                     s: (w / total if s in chosen else 0.0) for s, w in logged.items()
                 }
             return aggregated
-        if self.method == "ffa":
+        if self.method == "ffa" and self.accountant is None:
             return ffa_aggregate(states, weights)
-        if self.method == "fedsa":
+        if self.method == "fedsa" and self.accountant is None:
             return aggregate_shared(states, weights)
         if self.method == "exact":  # sites may train ranks of their own
             return hetero_aggregate(
@@ -169,7 +254,11 @@ class Aggregator:
                 global_scaling=lora_scaling(self.lora.alpha, self.lora.rank),
                 seed=server_round,
             )
-        averaged = weighted_average(states, weights)
+        if self.accountant is not None:  # equal weights are part of the DP guarantee
+            self.weights_log[server_round] = {u.site: 1 / len(updates) for u in updates}
+            averaged = self._private_average(server_round, current, states)
+        else:
+            averaged = weighted_average(states, weights)
         if self.method in SERVER_OPTIMIZERS:
             settings = server_opt.ServerOptSettings(
                 method=self.method,

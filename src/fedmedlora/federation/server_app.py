@@ -77,6 +77,8 @@ def run_federation(
             listener("evaluated", rnd, per_site)
 
     def trained(rnd: int, per_site: dict[str, dict[str, float]]) -> None:
+        if rnd in aggregator.privacy_log:
+            recorder.data.setdefault("privacy", {})[str(rnd)] = aggregator.privacy_log[rnd]
         recorder.trained(rnd, per_site)
         if listener:
             listener("trained", rnd, per_site)
@@ -88,6 +90,8 @@ def run_federation(
         initial,
         server_loss=_server_loss(config, recipe, lm),
         screening=fed.screening,
+        privacy=fed.privacy,
+        population=len(sites),
     )
     sent = aggregator.downlink(initial)
     strategy = FedMedLoRA(
@@ -106,8 +110,7 @@ def run_federation(
     if resume:
         saved = checkpoint.load(out_dir, stamp)
         done, sent = int(saved["round"]), saved["arrays"]
-        for name, value in saved["aggregator"].items():
-            setattr(aggregator, name, value)
+        aggregator.load_state_dict(saved["aggregator"])
         strategy.traffic.update(saved["strategy"].pop("traffic"))
         for name, value in saved["strategy"].items():
             setattr(strategy, name, value)
@@ -123,11 +126,7 @@ def run_federation(
                 "fingerprint": stamp,
                 "round": rnd,
                 "arrays": from_record(arrays),
-                "aggregator": {
-                    "opt_state": aggregator.opt_state,
-                    "weights_log": aggregator.weights_log,
-                    "screened_out": aggregator.screened_out,
-                },
+                "aggregator": aggregator.state_dict(),
                 "strategy": {
                     "traffic": dict(strategy.traffic),
                     "rejected": strategy.rejected,

@@ -28,6 +28,7 @@ from fedmedlora.federation.messages import (
     to_record,
     wire_bytes,
 )
+from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted
 from fedmedlora.federation.methods.screening import NotEnoughSites
 from fedmedlora.federation.privacy import EgressViolation, check_reply
 
@@ -163,7 +164,7 @@ class FedMedLoRA(FedAvg):
         assert self.current is not None, "configure_train runs before aggregate_train"
         try:
             aggregated = self.aggregator.aggregate(server_round, self.current, updates)
-        except NotEnoughSites as exc:
+        except (NotEnoughSites, PrivacyBudgetExhausted) as exc:
             reason = f"round {server_round} skipped, the global adapter kept: {exc}"
             log(WARNING, reason)
             self.rejected.append(reason)
