@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from clinical_ie_report import write_report  # beside this script
@@ -149,7 +151,9 @@ class Bench:
         print(f"[{time.perf_counter() - self.began:7.0f}s] {msg}", flush=True)
 
     def phase(self, name: str, began: float) -> None:
-        self.data["timing_s"][name] = round(time.perf_counter() - began, 1)
+        """Add this phase's time (a resumed run adds to what the first one spent)."""
+        spent = self.data["timing_s"].get(name, 0.0) + time.perf_counter() - began
+        self.data["timing_s"][name] = round(spent, 1)
         self.data["timing_s"]["total"] = round(time.perf_counter() - self.began, 1)
         self.save()
 
@@ -163,6 +167,21 @@ class Bench:
 
     def save(self) -> None:
         write_json_atomic(self.data, self.out / "results.json")
+
+    def resume(self, saved: dict[str, Any]) -> None:
+        """Continue a run that stopped: keep what it measured, under the same arguments."""
+        mine = {k: v for k, v in self.data["args"].items() if k != "resume"}
+        theirs = {k: v for k, v in saved["args"].items() if k != "resume"}
+        if mine != theirs:
+            raise SystemExit(f"--resume: {self.out} was run with other arguments: {theirs}")
+        for key in ("methods", "new_site", "timing_s", "fedmedlora_rounds", "communication"):
+            if key in saved:
+                self.data[key] = saved[key]
+        self.began -= saved["timing_s"].get("total", 0.0)  # total: both runs' time
+        self.log(f"resumed: {sorted(self.data['methods'])} already measured")
+
+    def has(self, method: str) -> bool:
+        return method in self.data["methods"]
 
 
 def main() -> None:
@@ -182,17 +201,26 @@ def main() -> None:
     ap.add_argument("--new-site-steps", type=int, default=15)
     ap.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 25, 50])
     ap.add_argument("--skip-bert", action="store_true")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the methods already in OUT/results.json (same arguments) and run the rest",
+    )
     args = ap.parse_args()
     quiet_libraries()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(out, args)
+    if args.resume and (out / "results.json").is_file():
+        bench.resume(json.loads((out / "results.json").read_text()))
     schema = load_schema()
     data = args.data.resolve()
 
     config = run_config(args, data, bert=False)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-    recipe = config.recipe()
+    # Sites in the simulation run one thread each (several share the CPU); the phases that
+    # run here, one model at a time, use every core.
+    recipe = config.recipe().model_copy(update={"threads": None})
     t = time.perf_counter()
     sites: dict[str, SiteData] = {n: load_site(config.data, n, schema, args.seed) for n in SITES}
     ncbi_map = load_mapping("ncbi_disease")
@@ -228,47 +256,55 @@ def main() -> None:
 
     # --- LLM -------------------------------------------------------------------------
     t = time.perf_counter()
-    bench.log("zero-shot base LLM")
     base = initial_adapter(recipe)
-    bench.record(
-        "zero-shot", "llm", evaluate_state(recipe, base, sets, zero_shot_prompt=True, log=bench.log)
-    )
-    bench.phase("zero-shot", t)
+    torch.set_num_threads(os.cpu_count() or 1)
+    if not bench.has("zero-shot"):
+        bench.log("zero-shot base LLM")
+        scores = evaluate_state(recipe, base, sets, zero_shot_prompt=True, log=bench.log)
+        bench.record("zero-shot", "llm", scores)
+        bench.phase("zero-shot", t)
 
-    t = time.perf_counter()
-    bench.log(f"Fed-MedLoRA: {args.rounds} rounds x {args.local_steps} steps, Flower simulation")
-    final_scores: dict[str, Scores] = {}
+    if not bench.has("fedmedlora"):
+        t = time.perf_counter()
+        bench.log(
+            f"Fed-MedLoRA: {args.rounds} rounds x {args.local_steps} steps, Flower simulation"
+        )
+        final_scores: dict[str, Scores] = {}
 
-    def keep_final(event: str, rnd: int, payload: Any) -> None:
-        if event == "evaluated" and rnd == args.rounds:
-            final_scores.update(payload)
+        def keep_final(event: str, rnd: int, payload: Any) -> None:
+            if event == "evaluated" and rnd == args.rounds:
+                final_scores.update(payload)
 
-    fed_results = simulate(config, out / "fedmedlora", listener=keep_final)
-    fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
-    bench.data["fedmedlora_rounds"] = [
-        {
-            "round": r["round"],
-            "micro": r.get("micro"),
-            "sites": {s: {k: v[k] for k in HEADLINE} for s, v in r.get("sites", {}).items()},
+        fed_results = simulate(config, out / "fedmedlora", listener=keep_final)
+        fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
+        bench.data["fedmedlora_rounds"] = [
+            {
+                "round": r["round"],
+                "micro": r.get("micro"),
+                "sites": {s: {k: v[k] for k in HEADLINE} for s, v in r.get("sites", {}).items()},
+            }
+            for r in fed_results["rounds"]
+        ]
+        bench.data["communication"] = {
+            k: v for k, v in fed_results["communication"].items() if k != "per_round"
         }
-        for r in fed_results["rounds"]
-    ]
-    bench.data["communication"] = {
-        k: v for k, v in fed_results["communication"].items() if k != "per_round"
-    }
-    # In-domain: the sites' own final evaluation inside Flower (the same seeded test
-    # windows); external sets: the saved global adapter, scored here.
-    external = [s for s in sets if s.setting == "external"]
-    bench.record(
-        "fedmedlora",
-        "llm",
-        {**final_scores, **evaluate_state(recipe, fed_state, external, log=bench.log)},
-        steps_per_site=steps_per_site,
-    )
-    bench.phase("fedmedlora", t)
+        # In-domain: the sites' own final evaluation inside Flower (the same seeded test
+        # windows); external sets: the saved global adapter, scored here.
+        external = [s for s in sets if s.setting == "external"]
+        bench.record(
+            "fedmedlora",
+            "llm",
+            {**final_scores, **evaluate_state(recipe, fed_state, external, log=bench.log)},
+            steps_per_site=steps_per_site,
+        )
+        bench.phase("fedmedlora", t)
+    torch.set_num_threads(os.cpu_count() or 1)  # the simulation's server set 1
+    fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
 
     t = time.perf_counter()
     for name, site in sites.items():
+        if bench.has(f"single-site:{name}"):
+            continue
         bench.log(f"single-site LLM: {name}, {steps_per_site} steps")
         state, stats = train_local(recipe, [site], steps_per_site, seed=args.seed)
         bench.record(
@@ -281,21 +317,24 @@ def main() -> None:
     bench.phase("single-site", t)
 
     t = time.perf_counter()
-    bench.log(f"centralized LLM: {len(sites) * steps_per_site} steps on pooled data")
-    state, stats = train_local(
-        recipe, list(sites.values()), len(sites) * steps_per_site, seed=args.seed
-    )
-    bench.record(
-        "centralized",
-        "llm",
-        evaluate_state(recipe, state, sets, log=bench.log),
-        train_seconds=round(stats.seconds, 1),
-        final_loss=stats.losses[-1],
-    )
-    bench.phase("centralized", t)
+    if not bench.has("centralized"):
+        bench.log(f"centralized LLM: {len(sites) * steps_per_site} steps on pooled data")
+        state, stats = train_local(
+            recipe, list(sites.values()), len(sites) * steps_per_site, seed=args.seed
+        )
+        bench.record(
+            "centralized",
+            "llm",
+            evaluate_state(recipe, state, sets, log=bench.log),
+            train_seconds=round(stats.seconds, 1),
+            final_loss=stats.losses[-1],
+        )
+        bench.phase("centralized", t)
 
     t = time.perf_counter()
     for k in args.k:
+        if str(k) in bench.data["new_site"]:
+            continue
         row: dict[str, Any] = {}
         labelled = sample_documents(ncbi_train, k, args.seed)
         for start_name, start in (("base", base), ("fedmedlora", fed_state)):
@@ -317,27 +356,29 @@ def main() -> None:
     # --- BERT baseline ---------------------------------------------------------------
     if not args.skip_bert:
         bert_config = run_config(args, data, bert=True)
-        bert = bert_config.recipe()
+        bert = bert_config.recipe().model_copy(update={"threads": None})
         bert_steps = args.rounds * args.bert_steps
         t = time.perf_counter()
         for name, site in sites.items():
+            if bench.has(f"bert-single-site:{name}"):
+                continue
             bench.log(f"BERT single-site: {name}, {bert_steps} steps")
             state, _ = train_local(bert, [site], bert_steps, seed=args.seed)
             bench.record(
                 f"bert-single-site:{name}", "bert", evaluate_state(bert, state, sets, log=bench.log)
             )
-        bench.log(f"BERT centralized: {len(sites) * bert_steps} steps")
-        state, _ = train_local(bert, list(sites.values()), len(sites) * bert_steps, seed=args.seed)
-        bench.record("bert-centralized", "bert", evaluate_state(bert, state, sets, log=bench.log))
-        bench.log("BERT federated through Flower")
-        simulate(bert_config, out / "bert-fed")
-        bench.record(
-            "bert-fed",
-            "bert",
-            evaluate_state(
-                bert, load_peft_adapter(out / "bert-fed" / "adapter"), sets, log=bench.log
-            ),
-        )
+        if not bench.has("bert-centralized"):
+            bench.log(f"BERT centralized: {len(sites) * bert_steps} steps")
+            pooled = list(sites.values())
+            state, _ = train_local(bert, pooled, len(sites) * bert_steps, seed=args.seed)
+            scores = evaluate_state(bert, state, sets, log=bench.log)
+            bench.record("bert-centralized", "bert", scores)
+        if not bench.has("bert-fed"):
+            bench.log("BERT federated through Flower")
+            simulate(bert_config, out / "bert-fed")
+            torch.set_num_threads(os.cpu_count() or 1)
+            fed_bert = load_peft_adapter(out / "bert-fed" / "adapter")
+            bench.record("bert-fed", "bert", evaluate_state(bert, fed_bert, sets, log=bench.log))
         bench.phase("bert", t)
 
     write_report(bench.data, out)
