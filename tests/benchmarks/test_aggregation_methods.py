@@ -1,5 +1,6 @@
-"""The aggregation-methods benchmark runs end to end (tiny model, one round) in both
-settings and reports each run (every method's Flower path: test_methods_simulation)."""
+"""The aggregation-methods benchmark runs end to end (tiny model, one round, the
+corrupted-site setting) and reports each run (every method's Flower path is tested in
+tests/federation/test_methods_simulation.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 
 @pytest.mark.slow
-def test_methods_run_clean_and_corrupted(tmp_path):
+def test_methods_run_with_a_corrupted_site(tmp_path):
     import aggregation_methods
 
     out = tmp_path / "agg"
@@ -22,17 +23,18 @@ def test_methods_run_clean_and_corrupted(tmp_path):
             "--out", str(out), "--model", "tiny-random", "--rounds", "1",
             "--local-steps", "1", "--train-docs", "4", "--test-docs", "1",
             "--server-docs", "1", "--methods", "fedmedlora", "fedmedlora+server",
+            "--settings", "corrupted",
         ]
     )  # fmt: skip
     data = json.loads((out / "results.json").read_text())
-    for setting in ("clean", "corrupted"):
-        runs = data["runs"][setting]
-        assert set(runs) == {"fedmedlora", "fedmedlora+server"}
-        for method, run in runs.items():
-            assert 0 <= run["micro"]["entity_strict_f1"] <= 1, method
-            assert sum(run["weights"]["1"].values()) == pytest.approx(1.0)
+    assert set(data["runs"]) == {"corrupted"}  # the clean setting runs the same code
+    runs = data["runs"]["corrupted"]
+    assert set(runs) == {"fedmedlora", "fedmedlora+server"}
+    for method, run in runs.items():
+        assert 0 <= run["micro"]["entity_strict_f1"] <= 1, method
+        assert sum(run["weights"]["1"].values()) == pytest.approx(1.0)
     weights = data["runs"]["corrupted"]["fedmedlora+server"]["weights"]["1"]
     sizes = data["runs"]["corrupted"]["fedmedlora"]["weights"]["1"]
     assert weights != pytest.approx(sizes)  # loss-based, not size-based
     report = (out / "report.md").read_text()
-    assert "## corrupted" in report and "fedmedlora+server" in report
+    assert "## corrupted" in report and "- fedmedlora+server: " in report
