@@ -118,7 +118,7 @@ def run_config(args: argparse.Namespace, data: Path, bert: bool) -> RunConfig:
                 "warmup_steps": 3,
             }
         ),
-        "generation": {"batch_size": 16, "max_new_tokens": 200},
+        "generation": {"batch_size": 16, "max_new_tokens": args.max_new_tokens},
         "data": {"sites": site_sources(data, args)},
         # Zero-shot is measured once outside the federation, and every method is scored
         # after training: per-round evaluation would double the budget on a CPU.
@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--bert-steps", type=int, default=30, help="BERT steps per site per round")
     ap.add_argument("--eval-windows", type=int, default=20)
     ap.add_argument("--window-chars", type=int, default=240)
+    ap.add_argument("--max-new-tokens", type=int, default=200, help="generation length cap")
     ap.add_argument("--new-site-steps", type=int, default=10)
     ap.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 25, 50])
     ap.add_argument("--skip-bert", action="store_true")

@@ -38,6 +38,8 @@ def test_benchmark_fills_every_protocol_and_method(tmp_path, shared_data):
             "--k",
             "0",
             "5",
+            "--max-new-tokens",
+            "24",  # a random model writes to the cap: keep generation short
         ],
         capture_output=True,
         text=True,
