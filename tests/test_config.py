@@ -64,3 +64,15 @@ def test_site_ranks_are_allowed_with_exact_aggregation():
         {"data.synthetic.lora_ranks": {"riverside": 4}, "federation.aggregation.method": "exact"},
     )
     assert config.data.site_ranks() == {"riverside": 4}
+
+
+def test_filled_in_settings_never_leak_into_other_configs():
+    from fedmedlora.config import RunConfig
+
+    assert (
+        RunConfig.model_validate(
+            {"federation": {"aggregation": {"method": "fedprox"}}}
+        ).train.proximal_mu
+        == 0.01
+    )
+    assert RunConfig.model_validate({}).train.proximal_mu == 0.0  # defaults are not shared
