@@ -17,8 +17,9 @@ sample of --eval-windows sentence windows per test set, training a fixed number 
 steps. Measured on such a machine with 32 windows and 15 steps per round: generating
 for one set of ~40 windows takes ~100 s (zero-shot ~150 s, it writes up to the length
 cap), 15 steps at three sites sharing the CPU ~190 s, 60 single-site steps ~350 s; that
-budget came to about 2.5 hours, hence the defaults of 20 windows and 10 steps (about
-1.5 hours). On a GPU, scale up, e.g. --rounds 10 --local-steps 100 --batch-size 16
+budget projects to about 2.5 hours, hence the defaults of 20 windows and 10 steps
+(projected about 1.5 hours; timings from a CPU without fast bf16). On a GPU, scale up,
+e.g. --rounds 10 --local-steps 100 --batch-size 16
 --eval-windows 1000. Writes OUT/results.json (after every phase), OUT/report.md (tables)
 and plots; --resume continues a run that stopped.
 """
