@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from clinical_ie_report import write_report  # beside this script
@@ -263,7 +261,6 @@ def main() -> None:
     # --- LLM -------------------------------------------------------------------------
     t = time.perf_counter()
     base = initial_adapter(recipe)
-    torch.set_num_threads(os.cpu_count() or 1)
     if not bench.has("zero-shot"):
         bench.log("zero-shot base LLM")
         scores = evaluate_state(recipe, base, sets, zero_shot_prompt=True, log=bench.log)
@@ -304,7 +301,6 @@ def main() -> None:
             steps_per_site=steps_per_site,
         )
         bench.phase("fedmedlora", t)
-    torch.set_num_threads(os.cpu_count() or 1)  # the simulation's server set 1
     fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
 
     t = time.perf_counter()
@@ -382,7 +378,6 @@ def main() -> None:
         if not bench.has("bert-fed"):
             bench.log("BERT federated through Flower")
             simulate(bert_config, out / "bert-fed")
-            torch.set_num_threads(os.cpu_count() or 1)
             fed_bert = load_peft_adapter(out / "bert-fed" / "adapter")
             bench.record("bert-fed", "bert", evaluate_state(bert, fed_bert, sets, log=bench.log))
         bench.phase("bert", t)

@@ -104,6 +104,18 @@ class SiteSource(_Strict):
             return []
         return [self.test] if isinstance(self.test, str) else list(self.test)
 
+    def resolve_paths(self, base: Path) -> None:
+        """Relative data paths are relative to the file that names them (`base` is its
+        folder), not to the working directory."""
+
+        def resolve(value: str) -> str:
+            path = Path(value).expanduser()
+            return str(path if path.is_absolute() else (base / path).resolve())
+
+        self.train = [resolve(p) for p in self.train_paths]
+        if self.test is not None:
+            self.test = [resolve(p) for p in self.test_paths]
+
 
 class DataSettings(_Strict):
     synthetic: SyntheticData | None = None
@@ -336,14 +348,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     """Relative data paths are relative to the config file, not the working directory."""
-
-    def resolve(value: str) -> str:
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (base / path).resolve())
-
     server_data = config.federation.aggregation.server_validation
     for site in [*config.data.sites, *([server_data] if server_data else [])]:
-        site.train = [resolve(p) for p in site.train_paths]
-        if site.test is not None:
-            site.test = [resolve(p) for p in site.test_paths]
+        site.resolve_paths(base)
     return config

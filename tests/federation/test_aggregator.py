@@ -20,6 +20,21 @@ def _state(g: torch.Generator, scale: float = 0.0, base=None) -> dict[str, torch
     return {k: base[k] + scale * torch.randn(s, generator=g) for k, s in KEYS.items()}
 
 
+def _honest(g, current, true, n: int, noise: float) -> list[SiteUpdate]:
+    """n sites whose updates are the true update plus a little noise."""
+    return [
+        SiteUpdate(
+            f"h{i}",
+            {
+                k: current[k] + true[k] + noise * torch.randn(s, generator=g)
+                for k, s in KEYS.items()
+            },
+            10,
+        )
+        for i in range(n)
+    ]
+
+
 def _aggregator(method: str = "fedmedlora", min_updates: int = 1, **settings) -> Aggregator:
     g = torch.Generator().manual_seed(0)
     return Aggregator(
@@ -69,14 +84,7 @@ def test_robust_methods_resist_sign_flipping_sites_that_plain_averaging_follows(
     g = torch.Generator().manual_seed(3)
     current = _state(g, 1.0)
     true = _state(g, 1.0)
-    honest = [
-        SiteUpdate(
-            f"h{i}",
-            {k: current[k] + true[k] + 0.1 * torch.randn(s, generator=g) for k, s in KEYS.items()},
-            10,
-        )
-        for i in range(6)
-    ]
+    honest = _honest(g, current, true, 6, 0.1)
     # Same norm as an honest update (so screening lets them through), opposite direction.
     hostile = [
         SiteUpdate(f"x{i}", {k: current[k] - 3 * true[k] for k in KEYS}, 10) for i in range(2)
@@ -104,14 +112,7 @@ def test_norm_clipping_bounds_a_scaled_update():
     g = torch.Generator().manual_seed(4)
     current = _state(g, 1.0)
     true = _state(g, 1.0)
-    honest = [
-        SiteUpdate(
-            f"h{i}",
-            {k: current[k] + true[k] + 0.05 * torch.randn(s, generator=g) for k, s in KEYS.items()},
-            10,
-        )
-        for i in range(2)
-    ]
+    honest = _honest(g, current, true, 2, 0.05)
     # 8x an honest update: below the screening factor of 10, so only clipping helps.
     scaled = SiteUpdate("x", {k: current[k] + 8 * true[k] for k in KEYS}, 10)
     plain = _aggregator().aggregate(1, current, [*honest, scaled])

@@ -47,9 +47,12 @@ def run_federation(
     A checkpoint is written after every round; `resume` continues from the last one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = config.recipe()
-    lm = loaded_model(recipe)
-    initial = initial_adapter(recipe)
+    recipe = config.recipe()  # as sent to the sites
+    # The recipe's thread count is for site processes sharing a machine; the server's own
+    # model (aggregation, Fed-MedLoRA+ scoring, saving) must not change this process's.
+    own = recipe.model_copy(update={"threads": None})
+    lm = loaded_model(own)
+    initial = initial_adapter(own)
     trainable, total = lm.model.get_nb_trainable_parameters()
     sites = config.data.site_names
     recorder = RunRecorder(
@@ -88,7 +91,7 @@ def run_federation(
         fed.aggregation,
         recipe.lora,
         initial,
-        server_loss=_server_loss(config, recipe, lm),
+        server_loss=_server_loss(config, own, lm),
         screening=fed.screening,
         privacy=fed.privacy,
         population=len(sites),
@@ -130,7 +133,6 @@ def run_federation(
                 "strategy": {
                     "traffic": dict(strategy.traffic),
                     "rejected": strategy.rejected,
-                    "skipped_rounds": strategy.skipped_rounds,
                     "train_metrics": strategy.train_metrics,
                 },
                 "recorder": recorder.data,

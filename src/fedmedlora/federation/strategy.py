@@ -77,8 +77,6 @@ class FedMedLoRA(FedAvg):
             lambda: {p: {"down": 0, "up": 0, "messages": 0} for p in ("train", "evaluate")}
         )
         self.rejected: list[str] = []
-        self.skipped_rounds: list[int] = []
-        self.site_scores: dict[int, dict[str, Scores]] = {}
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
@@ -168,7 +166,6 @@ class FedMedLoRA(FedAvg):
             reason = f"round {server_round} skipped, the global adapter kept: {exc}"
             log(WARNING, reason)
             self.rejected.append(reason)
-            self.skipped_rounds.append(server_round)
             return None, None
         finally:
             for why in self.aggregator.screened_out.get(server_round, []):
@@ -236,7 +233,6 @@ class FedMedLoRA(FedAvg):
             scores = Scores.from_counts(dict(metrics))
             per_site[site] = scores
             micro += scores
-        self.site_scores[server_round] = per_site
         if self.on_evaluated:
             self.on_evaluated(server_round, per_site)
         return MetricRecord(micro.summary())

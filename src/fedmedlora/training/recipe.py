@@ -6,11 +6,10 @@ markup, Fed-MedLoRA) or tagging (an encoder tags tokens, the BERT baseline)."""
 
 from __future__ import annotations
 
-import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 
@@ -18,7 +17,7 @@ from fedmedlora.config import Recipe
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema, load_schema
 from fedmedlora.data.site import SiteSpec
-from fedmedlora.data.sites import SiteData
+from fedmedlora.data.sites import SiteData, split_documents
 from fedmedlora.evaluation.inference import ExtractionStats, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
 from fedmedlora.federation.methods.fedprox import proximal_term
@@ -220,50 +219,39 @@ class SiteRecipe:
     site: SiteData
     extra_seed: int = 0
     keep_dir: str | None = None  # the site's own folder for what never leaves it
-    _examples: ExampleSet | None = field(default=None, repr=False)
-    _validation: ExampleSet | None = field(default=None, repr=False)
-    _held: list[Document] | None = field(default=None, repr=False)
 
     @property
     def lm(self) -> LoadedModel:
         return loaded_model(self.recipe)
 
-    def _build(self, docs: Sequence[Document]) -> ExampleSet:
-        return build_site_examples(
-            self.recipe, self.lm, docs, self.site.spec, load_schema(self.recipe.schema_name)
-        )
-
-    def _split(self) -> None:
-        docs = list(self.site.train)
+    @cached_property
+    def _parts(self) -> tuple[ExampleSet, ExampleSet, list[Document]]:
+        """(training examples, validation examples, validation documents), built once."""
+        docs, held = list(self.site.train), []
         fraction = self.recipe.train.validation_fraction
-        held: list[Document] = []
         if fraction > 0 and len(docs) > 1:
-            n = min(len(docs) - 1, max(1, round(fraction * len(docs))))
-            rng = random.Random(f"{self.recipe.seed}:{self.site.spec.name}:validation")
-            picked = set(rng.sample(range(len(docs)), n))
-            held = [d for i, d in enumerate(docs) if i in picked]
-            docs = [d for i, d in enumerate(docs) if i not in picked]
-        self._held = held
-        self._examples = self._build(docs)
-        self._validation = self._build(held) if held else ExampleSet()
+            seed = zlib.crc32(f"{self.recipe.seed}:{self.site.spec.name}:validation".encode())
+            docs, held = split_documents(docs, fraction, seed)
+            if not docs:  # a fraction that rounds to every document: keep one to train on
+                docs, held = held[:1], held[1:]
+        schema = load_schema(self.recipe.schema_name)
+
+        def build(some: Sequence[Document]) -> ExampleSet:
+            return build_site_examples(self.recipe, self.lm, some, self.site.spec, schema)
+
+        return build(docs), build(held) if held else ExampleSet(), held
 
     @property
     def examples(self) -> ExampleSet:
-        if self._examples is None:
-            self._split()
-        return self._examples
-
-    @property
-    def validation_documents(self) -> list[Document]:
-        if self._held is None:
-            self._split()
-        return self._held
+        return self._parts[0]
 
     @property
     def validation(self) -> ExampleSet:
-        if self._validation is None:
-            self._split()
-        return self._validation
+        return self._parts[1]
+
+    @property
+    def validation_documents(self) -> list[Document]:
+        return self._parts[2]
 
     def seed(self, server_round: int) -> int:
         return zlib.crc32(

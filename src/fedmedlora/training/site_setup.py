@@ -40,15 +40,7 @@ def read_site_config(path: str | Path) -> SiteSource:
         source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
-    base = Path(path).resolve().parent  # relative data paths: relative to the file
-
-    def resolve(value: str) -> str:
-        p = Path(value).expanduser()
-        return str(p if p.is_absolute() else base / p)
-
-    source.train = [resolve(p) for p in source.train_paths]
-    if source.test is not None:
-        source.test = [resolve(p) for p in source.test_paths]
+    source.resolve_paths(Path(path).resolve().parent)
     return source
 
 

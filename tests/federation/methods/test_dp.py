@@ -39,29 +39,21 @@ def test_noise_has_std_z_c_over_n_and_updates_are_clipped():
     assert abs(float(noise.mean())) < 0.05
 
 
+def _release(glob, states, seed: int):
+    return dp_average(
+        glob,
+        states,
+        clip_norm=1.0,
+        noise_multiplier=1.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def test_small_updates_pass_unclipped_and_noise_follows_the_generator():
     glob, states = _states(2, 3, 1e-3)  # norms ~ 0.07 < C
-    a, info = dp_average(
-        glob,
-        states,
-        clip_norm=1.0,
-        noise_multiplier=1.0,
-        generator=torch.Generator().manual_seed(5),
-    )
-    b, _ = dp_average(
-        glob,
-        states,
-        clip_norm=1.0,
-        noise_multiplier=1.0,
-        generator=torch.Generator().manual_seed(5),
-    )
-    c, _ = dp_average(
-        glob,
-        states,
-        clip_norm=1.0,
-        noise_multiplier=1.0,
-        generator=torch.Generator().manual_seed(6),
-    )
+    a, info = _release(glob, states, 5)
+    b, _ = _release(glob, states, 5)
+    c, _ = _release(glob, states, 6)
     assert info["clipped"] == 0
     assert all(torch.equal(a[k], b[k]) for k in SHAPES)
     assert any(not torch.equal(a[k], c[k]) for k in SHAPES)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fedmedlora.federation.aggregation import State
-from fedmedlora.federation.methods.robust import norm_clipped_mean, updates
+from fedmedlora.federation.methods.robust import norm_clipped_mean, update_norms, updates
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -56,10 +56,9 @@ def dp_average(
     for key, g in global_state.items():
         noise = torch.randn(g.shape, generator=generator, dtype=torch.float64) * sigma
         out[key] = (g.to(torch.float64) + mean[key].to(g.device) + noise.to(g.device)).to(g.dtype)
-    norms = [math.sqrt(sum(float(t.square().sum()) for t in d.values())) for d in deltas]
     return out, {
         "noise_std": sigma,
         "clip_norm": clip_norm,
         "clipped": sum(f < 1.0 for f in info["clip_factors"]),
-        "norms": norms,
+        "norms": update_norms(deltas),
     }
