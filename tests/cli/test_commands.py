@@ -182,3 +182,54 @@ def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
     bad = runner.invoke(app, ["personalize", str(tmp_path / "run.yaml"), "--adapter",
                               str(tmp_path), "--out", "x", "--site", "north"])  # fmt: skip
     assert bad.exit_code == 2 and "not a PEFT adapter folder" in bad.output
+
+
+def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
+    from fedmedlora.config import load_config
+    from fedmedlora.data.schema import load_schema
+    from fedmedlora.data.sites import load_site, load_source
+    from fedmedlora.data.synthetic import generate_site
+    from fedmedlora.training.site_setup import read_site_config
+
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "synthetic",
+            "--out",
+            str(tmp_path),
+            "--site",
+            "northgate",
+            "--site",
+            "lakeside",
+            "--train-docs",
+            "5",
+            "--test-docs",
+            "2",
+            "--model",
+            "tiny-random",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    schema = load_schema()
+    # What a SuperNode reads: its site config, paths relative to that file.
+    source = read_site_config(tmp_path / "lakeside" / "site.yaml")
+    at_site = load_source(source, schema, seed=0)
+    expected = generate_site("lakeside", 7, 0)
+    assert [d.id for d in at_site.train] == [d.id for d in expected[:5]]
+    assert [d.id for d in at_site.test] == [d.id for d in expected[5:]]
+    assert at_site.train[0].entities == expected[0].entities
+    assert "test" not in at_site.spec.entity_types  # lakeside does not annotate tests
+    # What the server (or `fedmedlora run`) reads: the same sites under their names.
+    config = load_config(tmp_path / "run.yaml")
+    assert config.model.name == "tiny-random"
+    assert [s.name for s in config.data.sites] == ["northgate", "lakeside"]
+    in_run = load_site(config.data, "lakeside", schema, seed=0)
+    assert [d.id for d in in_run.test] == [d.id for d in at_site.test]
+    assert in_run.spec.entity_types == at_site.spec.entity_types
+
+    bad = runner.invoke(
+        app, ["data", "synthetic", "--out", str(tmp_path / "x"), "--site", "nowhere"]
+    )
+    assert bad.exit_code == 2 and "unknown synthetic sites ['nowhere']" in bad.output
+    assert not (tmp_path / "x").exists()

@@ -1,24 +1,29 @@
-"""The same apps on Flower's Deployment Engine: a SuperLink, two SuperNodes that each see
-only their own site config, and `flwr run`, all as separate processes on localhost."""
+"""The same apps on Flower's Deployment Engine, all as separate processes on localhost: a
+SuperLink, SuperNodes that each see only their own site config, and `flwr run`. Once in
+plain text with three sites; once with TLS and SuperNode authentication, where a node
+whose key was never registered is refused and the registered ones complete the run."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from fedmedlora.data.formats.jsonl import write_jsonl
+from fedmedlora.federation.credentials import create_credentials
 from tests.fixtures import notes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -37,101 +42,161 @@ def _wait_for_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-@pytest.mark.slow
-def test_two_supernodes_with_their_own_data(tmp_path):
-    if not (BIN / "flower-superlink").exists():
-        pytest.fail("flower-superlink is not installed next to this Python")
-    for site, offset in (("alpha", 0), ("beta", 50)):
-        write_jsonl(notes(8, site, offset), tmp_path / f"{site}.jsonl")
-        (tmp_path / f"{site}.yaml").write_text(
-            f"name: {site}\ntrain: {tmp_path / site}.jsonl\ntest_fraction: 0.25\n"
+class Cluster:
+    """Flower processes for one test; their output goes to files the asserts can read."""
+
+    def __init__(self, root: Path, tls: Path | None):
+        self.root, self.tls, self.port = root, tls, _free_port()
+        self.procs: list[subprocess.Popen] = []
+        home = root / "flwr-home"
+        home.mkdir()
+        security = f'root-certificates = "{tls / "ca.crt"}"' if tls else "insecure = true"
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+            f'address = "127.0.0.1:{self.port}"\n{security}\n'
         )
-    # The server's config names the sites (for how many to wait for), not their data.
-    (tmp_path / "run.yaml").write_text(
-        "name: deployed\nmodel: {name: tiny-random}\n"
-        "train: {local_steps: 2, batch_size: 4}\n"
-        "generation: {batch_size: 8, max_new_tokens: 16}\n"
-        "data:\n  sites:\n    - {name: alpha, train: unused.jsonl}\n"
-        "    - {name: beta, train: unused.jsonl}\n"
-        "federation: {rounds: 2}\n"
-    )
-    port = _free_port()
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        # the apps run in this environment; Flower must not try to build another
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-    procs = []
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    BIN / "flower-superlink",
-                    "--insecure",
-                    "--port",
-                    str(port),
-                    "--database",
-                    str(tmp_path / "state.db"),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait_for_port(port)
-        for site in ("alpha", "beta"):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        BIN / "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--port",
-                        str(_free_port()),
-                        "--node-config",
-                        f"site-config='{tmp_path / site}.yaml'",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        out = tmp_path / "out"
-        run = subprocess.run(
-            [
-                BIN / "flwr",
-                "run",
-                str(ROOT),
-                "test",
-                "--stream",
-                "--run-config",
-                f"config='{tmp_path / 'run.yaml'}' out='{out}'",
-            ],
-            env=env,
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            # the apps run in this environment; Flower must not try to build another
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text()
+
+    def superlink(self) -> None:
+        args = [str(BIN / "flower-superlink"), "--port", str(self.port)]
+        args += ["--database", str(self.root / "state.db")]
+        if self.tls:
+            args += ["--ssl-ca-certfile", str(self.tls / "ca.crt")]
+            args += ["--ssl-certfile", str(self.tls / "server.pem")]
+            args += ["--ssl-keyfile", str(self.tls / "server.key"), "--enable-supernode-auth"]
+        else:
+            args.append("--insecure")
+        self._start("superlink", args)
+        _wait_for_port(self.port)
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            env=self.env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
         )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        results = json.loads((out / "results.json").read_text())
-        assert results["run"]["status"] == "completed"
-        assert [sorted(r["sites"]) for r in results["rounds"]] == [["alpha", "beta"]] * 3
-        assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    finally:
-        for p in reversed(procs):
+
+    def supernode(self, name: str, site_config: Path | None, key: str | None = None):
+        args = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}"]
+        args += ["--port", str(_free_port())]
+        if self.tls:
+            args += ["--root-certificates", str(self.tls / "ca.crt")]
+            if key:
+                args += ["--auth-supernode-private-key", str(self.tls / f"{key}.key")]
+        else:
+            args.append("--insecure")
+        if site_config:
+            args += ["--node-config", f"site-config='{site_config}'"]
+        return self._start(name, args)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
             p.terminate()
-        for p in procs:
+        for p in self.procs:
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def cluster(root: Path, tls: Path | None = None) -> Iterator[Cluster]:
+    if not (BIN / "flower-superlink").exists():
+        pytest.fail("flower-superlink is not installed next to this Python")
+    c = Cluster(root, tls)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _sites(root: Path, names: list[str], rounds: int) -> Path:
+    """Each site's own data and site config; the server's run config naming them."""
+    for i, site in enumerate(names):
+        write_jsonl(notes(8, site, 50 * i), root / f"{site}.jsonl")
+        (root / f"{site}.yaml").write_text(
+            f"name: {site}\ntrain: {root / site}.jsonl\ntest_fraction: 0.25\n"
+        )
+    # The server's config names the sites (for how many to wait for), not their data.
+    listed = "".join(f"    - {{name: {s}, train: unused.jsonl}}\n" for s in names)
+    (root / "run.yaml").write_text(
+        "name: deployed\nmodel: {name: tiny-random}\n"
+        "train: {local_steps: 2, batch_size: 4}\n"
+        "generation: {batch_size: 8, max_new_tokens: 16}\n"
+        f"data:\n  sites:\n{listed}"
+        f"federation: {{rounds: {rounds}, evaluate_every: {rounds}}}\n"
+    )
+    return root / "run.yaml"
+
+
+def _run(c: Cluster, config: Path, out: Path) -> dict:
+    run = c.flwr(
+        "run",
+        str(ROOT),
+        "test",
+        "--stream",
+        "--run-config",
+        f"config='{config}' out='{out}'",
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_three_supernodes_with_their_own_data(tmp_path):
+    sites = ["alpha", "beta", "gamma"]
+    config = _sites(tmp_path, sites, rounds=2)
+    with cluster(tmp_path) as c:
+        c.superlink()
+        for site in sites:
+            c.supernode(site, tmp_path / f"{site}.yaml")
+        results = _run(c, config, tmp_path / "out")
+    assert results["run"]["status"] == "completed"
+    # every site trained in both rounds, and was evaluated zero-shot and after round 2
+    assert [sorted(r["train"]) for r in results["rounds"] if "train" in r] == [sites] * 2
+    assert [r["round"] for r in results["rounds"] if "sites" in r] == [0, 2]
+    assert all(sorted(r["sites"]) == sites for r in results["rounds"] if "sites" in r)
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_tls_and_node_authentication_refuse_an_unregistered_node(tmp_path):
+    sites = ["alpha", "beta"]
+    config = _sites(tmp_path, sites, rounds=1)
+    creds = tmp_path / "creds"
+    create_credentials(creds, ["localhost", "127.0.0.1"], [*sites, "intruder"])
+    with cluster(tmp_path, tls=creds) as c:
+        c.superlink()
+        for site in sites:
+            reg = c.flwr("supernode", "register", str(creds / f"{site}.pub"), "test")
+            assert reg.returncode == 0, reg.stdout + reg.stderr
+        # A node with a key the study never registered: the SuperLink turns it away.
+        intruder = c.supernode("intruder", tmp_path / "alpha.yaml", key="intruder")
+        assert intruder.wait(timeout=60) != 0
+        assert "Failed to activate SuperNode" in c.log("intruder")
+        assert "No SuperNode found with the given public key" in c.log("superlink")
+        for site in sites:
+            c.supernode(site, tmp_path / f"{site}.yaml", key=site)
+        results = _run(c, config, tmp_path / "out")
+        listed = c.flwr("supernode", "list", "test", "--format", "json")
+    assert results["run"]["status"] == "completed"
+    assert [sorted(r["train"]) for r in results["rounds"] if "train" in r] == [sites]
+    assert [sorted(r["sites"]) for r in results["rounds"] if "sites" in r] == [sites] * 2
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["nodes"]) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 
 from fedmedlora.cli.common import user_errors
@@ -14,6 +15,7 @@ from fedmedlora.data.formats.readers import FORMATS, read_any
 from fedmedlora.data.mapping import load_mapping, map_result
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.stats import corpus_stats, render_stats
+from fedmedlora.errors import ConfigError
 
 data_app = typer.Typer(
     help="Inspect annotated corpora (brat, PubTator, BioC, JSONL).",
@@ -52,3 +54,50 @@ def stats(
         return
     title = f"{path}" + (f" (mapped with {mapping})" if mapping else "")
     render_stats(numbers, Console(), title=title)
+
+
+@data_app.command("synthetic")
+@user_errors
+def synthetic_cmd(
+    out: Annotated[Path, typer.Option(help="folder: one sub-folder per site, and run.yaml")],
+    site: Annotated[
+        list[str] | None, typer.Option(help="a built-in site (repeat); default: the demo's")
+    ] = None,
+    train_docs: Annotated[int, typer.Option(min=1)] = 40,
+    test_docs: Annotated[int, typer.Option(min=1)] = 3,
+    seed: int = 0,
+    model: Annotated[
+        str | None,
+        typer.Option(help="model for run.yaml (default: the demo's); tiny-random: a dry run"),
+    ] = None,
+) -> None:
+    """Write the demo's synthetic hospitals as JSONL files with a site config each, and a
+    run config naming them: data to rehearse a deployment with (docs/deployment.md)."""
+    from fedmedlora.config import load_config, parse_config
+    from fedmedlora.data.synthetic import SYNTHETIC_SITES
+    from fedmedlora.data.synthetic.export import export_site
+
+    demo = load_config(None)
+    names = list(site or (demo.data.synthetic.sites if demo.data.synthetic else []))
+    unknown = sorted(set(names) - set(SYNTHETIC_SITES))
+    if unknown:
+        raise ConfigError(f"unknown synthetic sites {unknown}; known: {list(SYNTHETIC_SITES)}")
+    configs = [export_site(out, n, train_docs, test_docs, seed) for n in names]
+    run = demo.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    run.update(name="rehearsal", seed=seed, model=demo.model.model_dump(mode="json"))
+    if model is not None:
+        run["model"]["name"] = model
+    # Relative to run.yaml. In a deployment each SuperNode reads its own site.yaml; the
+    # server only needs the names (and `fedmedlora run` can simulate the same sites).
+    sites = []
+    for path in configs:
+        entry = yaml.safe_load(path.read_text())
+        for key in ("train", "test"):
+            entry[key] = f"{path.parent.name}/{entry[key]}"
+        sites.append(entry)
+    run["data"] = {"sites": sites}
+    parse_config(run, str(out / "run.yaml"))  # what we write must load
+    (out / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    for path in configs:
+        typer.echo(f"site config: {path}")
+    typer.echo(f"run config:  {out / 'run.yaml'}")

@@ -7,6 +7,7 @@ import typer
 from fedmedlora.cli import download_cmd, extract_cmd, personalize_cmd, run_cmd, score_cmd
 from fedmedlora.cli.common import user_errors
 from fedmedlora.cli.data_cmd import data_app
+from fedmedlora.cli.deploy_cmd import deploy_app
 
 app = typer.Typer(
     name="fedmedlora",
@@ -22,6 +23,7 @@ app.command()(extract_cmd.extract)
 app.command()(personalize_cmd.personalize)
 data_app.command("download")(user_errors(download_cmd.download))
 app.add_typer(data_app, name="data")
+app.add_typer(deploy_app, name="deploy")
 
 
 if __name__ == "__main__":
