@@ -77,6 +77,9 @@ class FedMedLoRA(FedAvg):
             lambda: {p: {"down": 0, "up": 0, "messages": 0} for p in ("train", "evaluate")}
         )
         self.rejected: list[str] = []
+        # (round, phase) -> nodes a message went to; node -> the site it answered as
+        self.awaiting: dict[tuple[int, str], set[int]] = {}
+        self.node_sites: dict[int, str] = {}
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
@@ -89,7 +92,26 @@ class FedMedLoRA(FedAvg):
             slot[direction] += wire_bytes(m)
             if direction == "down":
                 slot["messages"] += 1
+        if direction == "down":
+            self.awaiting[server_round, phase] = {m.metadata.dst_node_id for m in messages}
+        else:
+            self._report_missing(server_round, phase, messages)
         return messages
+
+    def _report_missing(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        """Flower drops a reply that did not come within the round's timeout (a site that
+        hangs, is cut off, or whose process died); say which site it was."""
+        missing = self.awaiting.pop((server_round, phase), set())
+        missing -= {m.metadata.src_node_id for m in replies}
+        for node in sorted(missing):
+            site = self.node_sites.get(node)
+            who = f"site {site} (node {node})" if site else f"node {node}"
+            reason = (
+                f"round {server_round} {phase}: {who} sent no reply within the timeout "
+                "(federation.timeout_s), left out"
+            )
+            log(WARNING, reason)
+            self.rejected.append(reason)
 
     def _accepted(self, replies: Iterable[Message], train: bool) -> list[tuple[str, Message]]:
         """(site, reply) for replies that carry no error and pass the egress check."""
@@ -120,6 +142,7 @@ class FedMedLoRA(FedAvg):
                 log(WARNING, reason)
                 self.rejected.append(reason)
                 continue
+            self.node_sites[msg.metadata.src_node_id] = site
             good.append((site, msg))
         return good
 
