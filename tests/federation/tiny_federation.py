@@ -77,9 +77,7 @@ def run_tiny(
     return _simulate(root, docs, sites, federation, extra, client)
 
 
-def run_equal_sites(
-    root: Path, n: int, federation: str, client: ClientApp = client_app
-) -> TinyRun:
+def run_equal_sites(root: Path, n: int, federation: str, client: ClientApp = client_app) -> TinyRun:
     """`n` sites of 8 notes each with the same labels (robust aggregation needs several)."""
     docs = {f"site{i}": notes(8, f"site{i}", offset=10 * i) for i in range(n)}
     sites = "".join(
