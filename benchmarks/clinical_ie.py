@@ -63,6 +63,8 @@ def site_sources(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         "test_fraction": 0.2,
         "test_windows": args.eval_windows,
         "window_chars": args.window_chars,
+        # aggregation_methods.py shares these site definitions and has no such flag
+        "max_train_docs": getattr(args, "max_train_docs", None),
     }
     return [
         {
@@ -198,12 +200,18 @@ def main() -> None:
     ap.add_argument("--local-steps", type=int, default=10, help="LLM steps per site per round")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--bert-steps", type=int, default=30, help="BERT steps per site per round")
+    ap.add_argument("--bert-steps", type=int, default=20, help="BERT steps per site per round")
     ap.add_argument("--eval-windows", type=int, default=20)
     ap.add_argument("--window-chars", type=int, default=240)
     ap.add_argument("--max-new-tokens", type=int, default=200, help="generation length cap")
     ap.add_argument("--new-site-steps", type=int, default=10)
     ap.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 25, 50])
+    ap.add_argument(
+        "--max-train-docs",
+        type=int,
+        default=None,
+        help="keep this many training documents per site (after the seeded split); all by default",
+    )
     ap.add_argument("--skip-bert", action="store_true")
     ap.add_argument(
         "--resume",

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,14 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        "| set | setting | windows | entities | relations | types |",
-        "|---|---|---|---|---|---|",
+        "| set | setting | train docs | test windows | entities | relations | types |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in sets.items():
         lines.append(
-            f"| {name} | {s['setting']} | {s['windows']} | {s['entities']} | "
-            f"{s['relations']} | {', '.join(s['entity_types'])} |"
+            f"| {name} | {s['setting']} | {s.get('train_documents', 'none')} | "
+            f"{s['windows']} | {s['entities']} | {s['relations']} | "
+            f"{', '.join(s['entity_types'])} |"
         )
     rows = _rows(data)
     relation_sites = [s for s in SITES if sets.get(s, {}).get("relation_types")]
@@ -194,6 +195,10 @@ def write_report(data: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    folder = Path(sys.argv[1])
+    ap = argparse.ArgumentParser(description="Rewrite report.md and plots from results.json.")
+    ap.add_argument("folder", type=Path, help="a clinical_ie output folder")
+    folder = ap.parse_args().folder
+    if not (folder / "results.json").is_file():
+        raise SystemExit(f"{folder}: no results.json (run benchmarks/clinical_ie.py first)")
     write_report(json.loads((folder / "results.json").read_text()), folder)
     print(folder / "report.md")

@@ -40,6 +40,8 @@ def test_benchmark_fills_every_protocol_and_method(tmp_path, shared_data):
             "5",
             "--max-new-tokens",
             "24",  # a random model writes to the cap: keep generation short
+            "--max-train-docs",
+            "12",  # one step per site: building examples from every document is the cost
         ],
         capture_output=True,
         text=True,
