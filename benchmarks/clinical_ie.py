@@ -58,13 +58,15 @@ EXTERNAL = ("ncbi_test", "bc5cdr_test")
 HEADLINE = ("entity_strict_f1", "entity_lenient_f1", "relation_strict_f1", "relation_lenient_f1")
 
 
-def site_sources(data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def site_sources(
+    data: Path, args: argparse.Namespace, max_train_docs: int | None = None
+) -> list[dict[str, Any]]:
+    """The three sites (aggregation_methods.py uses the same definitions)."""
     common = {
         "test_fraction": 0.2,
         "test_windows": args.eval_windows,
         "window_chars": args.window_chars,
-        # aggregation_methods.py shares these site definitions and has no such flag
-        "max_train_docs": getattr(args, "max_train_docs", None),
+        "max_train_docs": max_train_docs,
     }
     return [
         {
@@ -120,7 +122,7 @@ def run_config(args: argparse.Namespace, data: Path, bert: bool) -> RunConfig:
             }
         ),
         "generation": {"batch_size": 16, "max_new_tokens": args.max_new_tokens},
-        "data": {"sites": site_sources(data, args)},
+        "data": {"sites": site_sources(data, args, args.max_train_docs)},
         # Zero-shot is measured once outside the federation, and every method is scored
         # after training: per-round evaluation would double the budget on a CPU.
         "federation": {"rounds": args.rounds, "evaluate_every": 0, "evaluate_zero_shot": False},

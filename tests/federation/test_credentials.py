@@ -56,10 +56,75 @@ def test_bad_requests_are_refused_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="site name 'a b'"):
         create_credentials(tmp_path / "y", ["localhost"], ["a b"])
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
-    create_credentials(tmp_path / "z", ["localhost"], [])
-    (tmp_path / "z" / "ca.key").unlink()
-    with pytest.raises(ConfigError, match=r"only one of ca\.crt and ca\.key"):
-        create_credentials(tmp_path / "z", ["localhost"], [])
+    for host in ("https://coordinator", "coordinator:8000", "a/b", "", "-bad.org"):
+        with pytest.raises(ConfigError, match="not a DNS name or IP address"):
+            create_credentials(tmp_path / "h", [host], ["a"])
+    assert not (tmp_path / "h").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        create_credentials(tmp_path / "file", ["localhost"], [])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_kept_files_that_do_not_belong_together_are_refused_without_writing(tmp_path):
+    create_credentials(tmp_path / "z", ["localhost"], ["a"])
+    z = tmp_path / "z"
+    other = create_credentials(tmp_path / "other", ["localhost"], ["a"])
+    cases = {
+        # a half pair is never completed by overwriting the other half
+        "server.key": (None, r"server\.pem is there without server\.key"),
+        "ca.crt": (None, r"ca\.key is there without ca\.crt"),
+        # another study's certificate, a key that is not this certificate's
+        "server.pem": (other.server_cert.read_bytes(), "was not issued by"),
+        "a.pub": (other.site_public_key("a").read_bytes(), "does not match"),
+        "ca.key": (b"-----BEGIN PRIVATE KEY-----\ngarbage\n", "ca.key is not an unencrypted"),
+    }
+    for name, (content, message) in cases.items():
+        original = (z / name).read_bytes()
+        if content is None:
+            (z / name).unlink()
+        else:
+            (z / name).write_bytes(content)
+        before = _snapshot(z)
+        with pytest.raises(ConfigError, match=message):
+            create_credentials(z, ["localhost"], ["a", "b"])
+        assert _snapshot(z) == before, name  # nothing written, b's keys included
+        (z / name).write_bytes(original)
+    (z / "ca.key").write_bytes(other.out.joinpath("ca.key").read_bytes())
+    with pytest.raises(ConfigError, match=r"ca\.key is not the private key of .*ca\.crt"):
+        create_credentials(z, ["localhost"], [])
+
+
+def test_ca_key_kept_offline_is_needed_only_to_issue_the_server_certificate(tmp_path):
+    create_credentials(tmp_path, ["localhost"], ["a"])
+    (tmp_path / "ca.key").unlink()  # as advised, once the SuperLink's certificate exists
+    creds = create_credentials(tmp_path, ["localhost"], ["a", "b"])
+    assert sorted(creds.created) == [tmp_path / "b.key", tmp_path / "b.pub"]
+    for name in ("server.pem", "server.key"):
+        (tmp_path / name).unlink()
+    with pytest.raises(ConfigError, match=r"needs the CA's private key"):
+        create_credentials(tmp_path, ["localhost"], [])
+
+
+def test_a_site_that_made_its_own_key_pair_hands_in_only_the_public_key(tmp_path):
+    create_credentials(tmp_path / "site", ["localhost"], ["north"])
+    own_public = (tmp_path / "site" / "north.pub").read_bytes()
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "north.pub").write_bytes(own_public)
+    creds = create_credentials(tmp_path / "study", ["localhost"], ["north"])
+    assert creds.kept == [creds.site_public_key("north")]
+    assert not creds.site_key("north").exists()
+    assert creds.site_public_key("north").read_bytes() == own_public
+    # and a private key without its public half gets the public half derived from it
+    creds.site_public_key("north").unlink()
+    (tmp_path / "study" / "north.key").write_bytes((tmp_path / "site" / "north.key").read_bytes())
+    again = create_credentials(tmp_path / "study", ["localhost"], ["north"])
+    assert again.created == [again.site_public_key("north")]
+    derived = load_ssh_public_key(again.site_public_key("north").read_bytes())
+    assert derived.public_numbers() == load_ssh_public_key(own_public).public_numbers()
 
 
 def test_cli_prints_the_commands_and_warns_about_a_stale_certificate(tmp_path):
@@ -75,3 +140,17 @@ def test_cli_prints_the_commands_and_warns_about_a_stale_certificate(tmp_path):
     assert "valid for ['localhost'], not ['h2']" in " ".join(other.output.split())
     bad = runner.invoke(app, [*args, "--site", "bad name"])
     assert bad.exit_code == 2 and "site name 'bad name'" in bad.output
+
+
+def test_cli_keeps_a_handed_in_public_key_registers_it_and_brackets_ipv6(tmp_path):
+    create_credentials(tmp_path / "site", ["localhost"], ["west"])
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "west.pub").write_bytes((tmp_path / "site" / "west.pub").read_bytes())
+    runner = CliRunner()
+    args = ["deploy", "credentials", "--out", str(tmp_path / "study"), "--host", "::1"]
+    result = runner.invoke(app, [*args, "--site", "west", "--port", "9092"])
+    assert result.exit_code == 0, result.output
+    assert f"kept    {tmp_path / 'study' / 'west.pub'}" in result.output
+    assert f"flwr supernode register {tmp_path / 'study' / 'west.pub'}" in result.output
+    assert "--superlink [::1]:9092" in result.output
+    assert server_hosts(tmp_path / "study" / "server.pem") == ["::1"]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -48,6 +49,7 @@ class Cluster:
     def __init__(self, root: Path, tls: Path | None):
         self.root, self.tls, self.port = root, tls, _free_port()
         self.procs: list[subprocess.Popen] = []
+        self.logs: list[IO[str]] = []
         home = root / "flwr-home"
         home.mkdir()
         security = f'root-certificates = "{tls / "ca.crt"}"' if tls else "insecure = true"
@@ -64,7 +66,8 @@ class Cluster:
         }
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
         proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
@@ -93,7 +96,9 @@ class Cluster:
             timeout=timeout,
         )
 
-    def supernode(self, name: str, site_config: Path | None, key: str | None = None):
+    def supernode(
+        self, name: str, site_config: Path | None, key: str | None = None
+    ) -> subprocess.Popen:
         args = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}"]
         args += ["--port", str(_free_port())]
         if self.tls:
@@ -114,6 +119,9 @@ class Cluster:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        for log in self.logs:
+            log.close()
 
 
 @contextmanager

@@ -87,7 +87,12 @@ def run_equal_sites(root: Path, n: int, federation: str, client: ClientApp = cli
 
 
 def _simulate(
-    root: Path, docs: dict[str, list], sites: str, federation: str, extra: str, client
+    root: Path,
+    docs: dict[str, list],
+    sites: str,
+    federation: str,
+    extra: str,
+    client: ClientApp,
 ) -> TinyRun:
     for site, site_docs in docs.items():
         write_jsonl(site_docs, root / f"{site}.jsonl")

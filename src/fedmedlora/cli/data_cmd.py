@@ -63,8 +63,12 @@ def synthetic_cmd(
     site: Annotated[
         list[str] | None, typer.Option(help="a built-in site (repeat); default: the demo's")
     ] = None,
-    train_docs: Annotated[int, typer.Option(min=1)] = 40,
-    test_docs: Annotated[int, typer.Option(min=1)] = 3,
+    train_docs: Annotated[
+        int | None, typer.Option(min=1, help="per site (default: the demo's)")
+    ] = None,
+    test_docs: Annotated[
+        int | None, typer.Option(min=1, help="per site (default: the demo's)")
+    ] = None,
     seed: int = 0,
     model: Annotated[
         str | None,
@@ -78,11 +82,17 @@ def synthetic_cmd(
     from fedmedlora.data.synthetic.export import export_site
 
     demo = load_config(None)
-    names = list(site or (demo.data.synthetic.sites if demo.data.synthetic else []))
+    defaults = demo.data.synthetic
+    assert defaults is not None  # the embedded demo is synthetic
+    names = list(site or defaults.sites)
     unknown = sorted(set(names) - set(SYNTHETIC_SITES))
     if unknown:
         raise ConfigError(f"unknown synthetic sites {unknown}; known: {list(SYNTHETIC_SITES)}")
-    configs = [export_site(out, n, train_docs, test_docs, seed) for n in names]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    n_train = train_docs or defaults.train_docs
+    n_test = test_docs or defaults.test_docs
+    configs = [export_site(out, n, n_train, n_test, seed) for n in names]
     run = demo.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     run.update(name="rehearsal", seed=seed, model=demo.model.model_dump(mode="json"))
     if model is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fedmedlora.cli.common import console, user_errors
-from fedmedlora.federation.credentials import create_credentials, server_hosts
+from fedmedlora.federation.credentials import create_credentials, link_address, server_hosts
 
 deploy_app = typer.Typer(
     help="Deploy across sites with Flower's Deployment Engine.", no_args_is_help=True
@@ -37,18 +37,20 @@ def credentials(
     """
     sites = list(site or [])
     creds = create_credentials(out, list(host), sites)
+    # What was done goes to stderr with the warnings; the commands to stdout, so
+    # `fedmedlora deploy credentials ... > commands.sh` keeps just them.
     for path in creds.created:
-        console.print(f"created {path}")
+        console.print(f"created {path}", highlight=False, soft_wrap=True)
     for path in creds.kept:
-        console.print(f"kept    {path}")
+        console.print(f"kept    {path}", highlight=False, soft_wrap=True)
     valid_for = server_hosts(creds.server_cert)
-    missing = [h for h in host if h not in valid_for]
+    missing = [h for h in creds.hosts if h not in valid_for]
     if missing:
         console.print(
             f"[yellow]warning:[/] the existing {creds.server_cert} is valid for {valid_for}, "
             f"not {missing}; delete server.pem and server.key to issue a new one"
         )
-    link = f"{host[0]}:{port}"
+    link = link_address(creds.hosts[0], port)
     lines = [
         "",
         "# Coordinating centre (keep ca.key offline; ship ca.crt to every machine):",
@@ -65,4 +67,4 @@ def credentials(
             for s in sites
         ),
     ]
-    console.print("\n".join(lines), highlight=False, soft_wrap=True)
+    typer.echo("\n".join(lines))

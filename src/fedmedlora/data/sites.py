@@ -60,9 +60,11 @@ def sample_windows(docs: Sequence[Document], n: int, max_chars: int, seed: int) 
     return sorted(windows[:n], key=lambda d: d.id)
 
 
-def _synthetic_site(
+def synthetic_site(
     name: str, n_train: int, n_test: int, seed: int, corrupt: float = 0.0
 ) -> SiteData:
+    """A built-in synthetic hospital's split: the one place it is made, for simulated runs
+    and for the files `fedmedlora data synthetic` writes alike."""
     from fedmedlora.data import synthetic
 
     if name not in synthetic.SYNTHETIC_SITES:
@@ -153,7 +155,7 @@ def load_site(data: DataSettings, name: str, schema: Schema, seed: int) -> SiteD
         unknown = sorted(set(syn.corrupt_labels) - set(syn.sites))
         if unknown:
             raise ConfigError(f"data.synthetic.corrupt_labels names unknown sites {unknown}")
-        return _synthetic_site(
+        return synthetic_site(
             name, syn.train_docs, syn.test_docs, seed, syn.corrupt_labels.get(name, 0.0)
         )
     for source in data.sites:

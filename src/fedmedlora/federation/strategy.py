@@ -98,27 +98,37 @@ class FedMedLoRA(FedAvg):
             self._report_missing(server_round, phase, messages)
         return messages
 
+    def _reject(self, reason: str) -> None:
+        """Every reply left out is logged and kept for results.json, with its reason."""
+        log(WARNING, reason)
+        self.rejected.append(reason)
+
+    def _who(self, node: int) -> str:
+        site = self.node_sites.get(node)
+        return f"site {site} (node {node})" if site else f"node {node}"
+
     def _report_missing(self, server_round: int, phase: str, replies: list[Message]) -> None:
         """Flower drops a reply that did not come within the round's timeout (a site that
         hangs, is cut off, or whose process died); say which site it was."""
         missing = self.awaiting.pop((server_round, phase), set())
         missing -= {m.metadata.src_node_id for m in replies}
         for node in sorted(missing):
-            site = self.node_sites.get(node)
-            who = f"site {site} (node {node})" if site else f"node {node}"
-            reason = (
-                f"round {server_round} {phase}: {who} sent no reply within the timeout "
-                "(federation.timeout_s), left out"
+            self._reject(
+                f"round {server_round} {phase}: {self._who(node)} sent no reply within the "
+                "timeout (federation.timeout_s), left out"
             )
-            log(WARNING, reason)
-            self.rejected.append(reason)
 
-    def _accepted(self, replies: Iterable[Message], train: bool) -> list[tuple[str, Message]]:
+    def _accepted(
+        self, server_round: int, replies: Iterable[Message], train: bool
+    ) -> list[tuple[str, Message]]:
         """(site, reply) for replies that carry no error and pass the egress check."""
+        phase = "train" if train else "evaluate"
         good: list[tuple[str, Message]] = []
         for msg in replies:
+            node = msg.metadata.src_node_id
+            where = f"round {server_round} {phase}: {self._who(node)}"
             if msg.has_error():
-                self.rejected.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                self._reject(f"{where}: failed: {msg.error.reason}")
                 continue
             try:
                 check_reply(
@@ -131,18 +141,14 @@ class FedMedLoRA(FedAvg):
                 if train and len(msg.content.array_records) != 1:
                     raise EgressViolation("expected exactly one array record")
             except EgressViolation as exc:
-                reason = f"node {msg.metadata.src_node_id}: rejected reply: {exc}"
-                log(WARNING, reason)
-                self.rejected.append(reason)
+                self._reject(f"{where}: rejected reply: {exc}")
                 continue
             site_rec = msg.content.config_records.get(SITE)
-            site = str(site_rec[SITE]) if site_rec else f"node-{msg.metadata.src_node_id}"
+            site = str(site_rec[SITE]) if site_rec else f"node-{node}"
             if any(site == seen for seen, _ in good):
-                reason = f"node {msg.metadata.src_node_id}: a second reply for site {site!r}"
-                log(WARNING, reason)
-                self.rejected.append(reason)
+                self._reject(f"{where}: a second reply for site {site!r}, left out")
                 continue
-            self.node_sites[msg.metadata.src_node_id] = site
+            self.node_sites[node] = site
             good.append((site, msg))
         return good
 
@@ -168,7 +174,7 @@ class FedMedLoRA(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         replies = self._count(server_round, "train", "up", replies)
-        accepted = self._accepted(replies, train=True)
+        accepted = self._accepted(server_round, replies, train=True)
         if not accepted:
             return None, None
         updates = []
@@ -186,15 +192,11 @@ class FedMedLoRA(FedAvg):
         try:
             aggregated = self.aggregator.aggregate(server_round, self.current, updates)
         except (NotEnoughSites, PrivacyBudgetExhausted) as exc:
-            reason = f"round {server_round} skipped, the global adapter kept: {exc}"
-            log(WARNING, reason)
-            self.rejected.append(reason)
+            self._reject(f"round {server_round} skipped, the global adapter kept: {exc}")
             return None, None
         finally:
             for why in self.aggregator.screened_out.get(server_round, []):
-                reason = f"round {server_round}: left out {why}"
-                log(WARNING, reason)
-                self.rejected.append(reason)
+                self._reject(f"round {server_round}: left out {why}")
         weights = self.aggregator.weights_log[server_round]
         per_site = {
             u.site: {**u.metrics, "aggregation-weight": weights.get(u.site, 0.0)} for u in updates
@@ -246,7 +248,7 @@ class FedMedLoRA(FedAvg):
 
     def _aggregate_evaluate(self, server_round: int, replies: list[Message]) -> MetricRecord | None:
         replies = self._count(server_round, "evaluate", "up", replies)
-        accepted = self._accepted(replies, train=False)
+        accepted = self._accepted(server_round, replies, train=False)
         if not accepted:
             return None
         per_site: dict[str, Scores] = {}

@@ -9,18 +9,18 @@ from pathlib import Path
 import yaml
 
 from fedmedlora.data.formats.jsonl import write_jsonl
-from fedmedlora.data.synthetic.generator import generate_site, site_spec
+from fedmedlora.data.sites import synthetic_site
 
 
 def export_site(out: Path, name: str, train_docs: int, test_docs: int, seed: int) -> Path:
     """Write `out/name/{train,test}.jsonl` and the site config `out/name/site.yaml`
     (the same split as `data.synthetic` in a run config); returns the site config."""
+    data = synthetic_site(name, train_docs, test_docs, seed)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    docs = generate_site(name, train_docs + test_docs, seed)
-    write_jsonl(docs[:train_docs], folder / "train.jsonl")
-    write_jsonl(docs[train_docs:], folder / "test.jsonl")
-    spec = site_spec(name)
+    write_jsonl(data.train, folder / "train.jsonl")
+    write_jsonl(data.test, folder / "test.jsonl")
+    spec = data.spec
     site = {
         "name": name,
         "train": "train.jsonl",  # relative to this file
