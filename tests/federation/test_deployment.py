@@ -1,7 +1,9 @@
 """The same apps on Flower's Deployment Engine, all as separate processes on localhost: a
-SuperLink, SuperNodes that each see only their own site config, and `flwr run`. Once in
-plain text with three sites; once with TLS and SuperNode authentication, where a node
-whose key was never registered is refused and the registered ones complete the run."""
+SuperLink with TLS and SuperNode authentication, three registered SuperNodes that each
+see only their own site config, a node whose key was never registered (refused), and
+`flwr run` for two rounds. One cluster serves both tests: every Flower phase starts a
+fresh app process per site (imports and model load), so a second cluster would double
+the suite's longest test for the same code path; plain text differs only in flags."""
 
 from __future__ import annotations
 
@@ -149,7 +151,7 @@ def _sites(root: Path, names: list[str], rounds: int) -> Path:
         "train: {local_steps: 2, batch_size: 4}\n"
         "generation: {batch_size: 8, max_new_tokens: 16}\n"
         f"data:\n  sites:\n{listed}"
-        f"federation: {{rounds: {rounds}, evaluate_every: {rounds}}}\n"
+        f"federation: {{rounds: {rounds}, evaluate_every: {rounds}, evaluate_zero_shot: false}}\n"
     )
     return root / "run.yaml"
 
@@ -168,43 +170,51 @@ def _run(c: Cluster, config: Path, out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def test_three_supernodes_with_their_own_data(tmp_path):
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> dict:
+    """Run the study once: TLS, authentication, three sites, an intruder, two rounds."""
+    root = tmp_path_factory.mktemp("deployed")
     sites = ["alpha", "beta", "gamma"]
-    config = _sites(tmp_path, sites, rounds=2)
-    with cluster(tmp_path) as c:
-        c.superlink()
-        for site in sites:
-            c.supernode(site, tmp_path / f"{site}.yaml")
-        results = _run(c, config, tmp_path / "out")
-    assert results["run"]["status"] == "completed"
-    # every site trained in both rounds, and was evaluated zero-shot and after round 2
-    assert [sorted(r["train"]) for r in results["rounds"] if "train" in r] == [sites] * 2
-    assert [r["round"] for r in results["rounds"] if "sites" in r] == [0, 2]
-    assert all(sorted(r["sites"]) == sites for r in results["rounds"] if "sites" in r)
-    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
-
-
-def test_tls_and_node_authentication_refuse_an_unregistered_node(tmp_path):
-    sites = ["alpha", "beta"]
-    config = _sites(tmp_path, sites, rounds=1)
-    creds = tmp_path / "creds"
+    config = _sites(root, sites, rounds=2)
+    creds = root / "creds"
     create_credentials(creds, ["localhost", "127.0.0.1"], [*sites, "intruder"])
-    with cluster(tmp_path, tls=creds) as c:
+    with cluster(root, tls=creds) as c:
         c.superlink()
         for site in sites:
             reg = c.flwr("supernode", "register", str(creds / f"{site}.pub"), "test")
             assert reg.returncode == 0, reg.stdout + reg.stderr
         # A node with a key the study never registered: the SuperLink turns it away.
-        intruder = c.supernode("intruder", tmp_path / "alpha.yaml", key="intruder")
-        assert intruder.wait(timeout=60) != 0
-        assert "Failed to activate SuperNode" in c.log("intruder")
-        assert "No SuperNode found with the given public key" in c.log("superlink")
+        intruder = c.supernode("intruder", root / "alpha.yaml", key="intruder")
+        intruder_exit = intruder.wait(timeout=60)
         for site in sites:
-            c.supernode(site, tmp_path / f"{site}.yaml", key=site)
-        results = _run(c, config, tmp_path / "out")
+            c.supernode(site, root / f"{site}.yaml", key=site)
+        results = _run(c, config, root / "out")
         listed = c.flwr("supernode", "list", "test", "--format", "json")
+        return {
+            "sites": sites,
+            "results": results,
+            "out": root / "out",
+            "intruder_exit": intruder_exit,
+            "intruder_log": c.log("intruder"),
+            "superlink_log": c.log("superlink"),
+            "listed": listed,
+        }
+
+
+def test_three_supernodes_with_their_own_data_run_two_rounds(deployed):
+    results, sites = deployed["results"], deployed["sites"]
     assert results["run"]["status"] == "completed"
-    assert [sorted(r["train"]) for r in results["rounds"] if "train" in r] == [sites]
-    assert [sorted(r["sites"]) for r in results["rounds"] if "sites" in r] == [sites] * 2
+    # every site trained in both rounds, and was evaluated after round 2
+    assert [sorted(r["train"]) for r in results["rounds"] if "train" in r] == [sites] * 2
+    assert [r["round"] for r in results["rounds"] if "sites" in r] == [2]
+    assert all(sorted(r["sites"]) == sites for r in results["rounds"] if "sites" in r)
+    assert (deployed["out"] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_tls_and_node_authentication_refuse_an_unregistered_node(deployed):
+    assert deployed["intruder_exit"] != 0
+    assert "Failed to activate SuperNode" in deployed["intruder_log"]
+    assert "No SuperNode found with the given public key" in deployed["superlink_log"]
+    listed = deployed["listed"]
     assert listed.returncode == 0, listed.stderr
-    assert len(json.loads(listed.stdout)["nodes"]) == 2
+    assert len(json.loads(listed.stdout)["nodes"]) == 3  # the registered sites only

@@ -37,10 +37,18 @@ def _config(root, rounds=3):
     return load_config(root / "run.yaml")
 
 
-def test_resumed_run_reaches_the_uninterrupted_final_adapter(tmp_path):
-    config = _config(tmp_path)
-    simulate(config, tmp_path / "full")
-    full = load_peft_adapter(tmp_path / "full" / "adapter")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted 3-round run (both tests need one): its config and folder."""
+    root = tmp_path_factory.mktemp("resume")
+    config = _config(root)
+    simulate(config, root / "full")
+    return config, root
+
+
+def test_resumed_run_reaches_the_uninterrupted_final_adapter(tmp_path, uninterrupted):
+    config, root = uninterrupted
+    full = load_peft_adapter(root / "full" / "adapter")
 
     def kill_in_round_3(event, rnd, payload):
         if event == "trained" and rnd == 3:
@@ -64,11 +72,12 @@ def test_resumed_run_reaches_the_uninterrupted_final_adapter(tmp_path):
         assert torch.allclose(resumed[key], full[key], atol=1e-6), key
 
 
-def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
-    config = _config(tmp_path, rounds=1)
+def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path, uninterrupted):
+    config, root = uninterrupted
     with pytest.raises(ConfigError, match="no checkpoint to resume from"):
         simulate(config, tmp_path / "none", resume=True)
-    simulate(config, tmp_path / "one")
+    before = (root / "full" / "results.json").read_bytes()
     other = config.model_copy(update={"seed": 7})
     with pytest.raises(ConfigError, match="different run config"):
-        simulate(other, tmp_path / "one", resume=True)
+        simulate(other, root / "full", resume=True)
+    assert (root / "full" / "results.json").read_bytes() == before  # nothing lost
