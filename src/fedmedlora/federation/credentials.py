@@ -57,6 +57,10 @@ class Credentials:
         return self.out / "ca.crt"
 
     @property
+    def ca_key(self) -> Path:
+        return self.out / "ca.key"
+
+    @property
     def server_cert(self) -> Path:
         return self.out / "server.pem"
 
@@ -193,10 +197,9 @@ def _check_current(cert: x509.Certificate, path: Path, remedy: str) -> None:
 
 def _kept_ca(creds: Credentials) -> tuple[x509.Certificate | None, Any]:
     """The study CA already in the folder (certificate, and its key when present)."""
-    ca_key_path = creds.out / "ca.key"
-    if ca_key_path.exists() and not creds.ca.exists():
+    if creds.ca_key.exists() and not creds.ca.exists():
         raise ConfigError(
-            f"credentials: {ca_key_path} is there without ca.crt; restore ca.crt or use an "
+            f"credentials: {creds.ca_key} is there without ca.crt; restore ca.crt or use an "
             "empty folder"
         )
     if not creds.ca.exists():
@@ -204,9 +207,9 @@ def _kept_ca(creds: Credentials) -> tuple[x509.Certificate | None, Any]:
     ca_cert = _read(creds.ca, "a PEM certificate", x509.load_pem_x509_certificate)
     _check_current(ca_cert, creds.ca, "a new study needs a new folder")
     ca_key = None
-    if ca_key_path.exists():
-        ca_key = _read_ec_key(ca_key_path, serialization.load_pem_private_key)
-        _check_pair(ca_cert, creds.ca, ca_key, ca_key_path)
+    if creds.ca_key.exists():
+        ca_key = _read_ec_key(creds.ca_key, serialization.load_pem_private_key)
+        _check_pair(ca_cert, creds.ca, ca_key, creds.ca_key)
     return ca_cert, ca_key
 
 
@@ -255,6 +258,14 @@ def _kept_site(creds: Credentials, site: str) -> tuple[Any, bool]:
     return key, public.exists()
 
 
+def _ssh_private(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+
+
 def _ssh_public(key: ec.EllipticCurvePrivateKey, site: str) -> bytes:
     line = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
@@ -276,7 +287,6 @@ def create_credentials(out: Path, hosts: list[str], sites: list[str]) -> Credent
 
     # Check everything kept before writing anything.
     creds = Credentials(out, hosts)
-    ca_key_path = out / "ca.key"
     ca_cert, ca_key = _kept_ca(creds)
     server_kept = _check_kept_server(creds, ca_cert)
     if not server_kept and ca_cert is not None and ca_key is None:
@@ -290,11 +300,11 @@ def create_credentials(out: Path, hosts: list[str], sites: list[str]) -> Credent
     if ca_cert is None:
         ca_key = ec.generate_private_key(ec.SECP384R1())
         ca_cert = _certificate("fedmedlora study CA", ca_key, None, ca_key, None)
-        _write(ca_key_path, _pem_key(ca_key), private=True)
+        _write(creds.ca_key, _pem_key(ca_key), private=True)
         _write(creds.ca, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-        creds.created += [creds.ca, ca_key_path]
+        creds.created += [creds.ca, creds.ca_key]
     else:
-        creds.kept += [creds.ca] + ([ca_key_path] if ca_key is not None else [])
+        creds.kept += [creds.ca] + ([creds.ca_key] if ca_key is not None else [])
 
     if server_kept:
         creds.kept += [creds.server_cert, creds.server_key]
@@ -312,9 +322,7 @@ def create_credentials(out: Path, hosts: list[str], sites: list[str]) -> Credent
             continue
         if key is None:
             key = ec.generate_private_key(ec.SECP384R1())
-            openssh = serialization.PrivateFormat.OpenSSH
-            pem = serialization.Encoding.PEM
-            _write(private, key.private_bytes(pem, openssh, serialization.NoEncryption()), True)
+            _write(private, _ssh_private(key), private=True)
             creds.created.append(private)
         else:
             creds.kept.append(private)
