@@ -5,6 +5,8 @@ The question a user asks: which method should my network use, and does Fed-MedLo
 protect the others from a site whose labels disagree with everyone's? Each method runs
 through the same Flower simulation with the same sites, seed and budget; the report
 gives micro and per-site entity/relation F1 and the aggregation weights per round.
+`exact-ranks` is exact aggregation with sites of ranks 16, 8 and 4 (heterogeneous
+compute); `fedsa` is scored on each site's personalized adapter (shared A, its own B).
 
     .venv/bin/python benchmarks/aggregation_methods.py                 # synthetic sites
     .venv/bin/python benchmarks/aggregation_methods.py --real ../shared/data
@@ -35,15 +37,20 @@ METHODS = (
     "fedmedlora+server",
     "ffa",
     "exact",
+    "exact-ranks",
+    "fedsa",
     "fedprox",
     "fedavgm",
     "fedadam",
     "fedyogi",
 )
 SYNTHETIC = ("riverside", "northgate", "lakeside")
+# exact-ranks: exact aggregation with each site training the rank its compute allows
+# (heterogeneous ranks); the global rank stays 16.
+SITE_RANKS = (16, 8, 4)
 
 
-def _data(args: argparse.Namespace, corrupt: float) -> dict[str, Any]:
+def _data(args: argparse.Namespace, corrupt: float, ranks: bool) -> dict[str, Any]:
     if args.real is None:
         return {
             "synthetic": {
@@ -51,14 +58,17 @@ def _data(args: argparse.Namespace, corrupt: float) -> dict[str, Any]:
                 "train_docs": args.train_docs,
                 "test_docs": args.test_docs,
                 "corrupt_labels": {args.corrupt_site: corrupt} if corrupt else {},
+                "lora_ranks": dict(zip(SYNTHETIC, SITE_RANKS, strict=True)) if ranks else {},
             }
         }
     import clinical_ie  # beside this script: the real-corpus site definitions
 
     sources = clinical_ie.site_sources(args.real.resolve(), args)
-    for s in sources:
+    for s, rank in zip(sources, SITE_RANKS, strict=True):
         if s["name"] == args.corrupt_site:
             s["corrupt_labels"] = corrupt
+        if ranks:
+            s["lora_rank"] = rank
     return {"sites": sources}
 
 
@@ -83,7 +93,7 @@ def _server_data(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def config_for(args: argparse.Namespace, method: str, corrupt: float, out: Path) -> RunConfig:
-    aggregation: dict[str, Any] = {"method": method.removesuffix("server")}
+    aggregation: dict[str, Any] = {"method": method.removesuffix("server").removesuffix("-ranks")}
     if method == "fedmedlora+server":
         aggregation |= {"validation": "server", "server_validation": _server_data(args, out)}
     raw = {
@@ -98,7 +108,7 @@ def config_for(args: argparse.Namespace, method: str, corrupt: float, out: Path)
             "warmup_steps": 3,
         },
         "generation": {"batch_size": 16, "max_new_tokens": 200},
-        "data": _data(args, corrupt),
+        "data": _data(args, corrupt, ranks=method == "exact-ranks"),
         "federation": {
             "rounds": args.rounds,
             "evaluate_every": 0,
@@ -172,7 +182,7 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/aggregation_methods"))
     ap.add_argument("--real", type=Path, default=None, help="../shared/data: real corpora")
@@ -193,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--window-chars", type=int, default=240)
     args = ap.parse_args(argv)
     args.corrupt_site = args.corrupt_site or ("chia" if args.real else "lakeside")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     quiet_libraries()
     args.out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {

@@ -38,3 +38,24 @@ def test_methods_run_with_a_corrupted_site(tmp_path):
     assert weights != pytest.approx(sizes)  # loss-based, not size-based
     report = (out / "report.md").read_text()
     assert "## corrupted" in report and "- fedmedlora+server: " in report
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_exact_ranks_gives_each_site_its_own_rank_and_fedsa_is_a_method(tmp_path, real):
+    import aggregation_methods
+
+    data = Path(__file__).resolve().parents[3] / "shared/data"
+    if real and not data.is_dir():
+        pytest.skip("../shared/data is not beside the project")
+    args = ["--model", "tiny-random"] + (["--real", str(data)] if real else [])
+    ns = aggregation_methods.parse_args(args)
+    ranked = aggregation_methods.config_for(ns, "exact-ranks", 0.4, tmp_path)
+    assert ranked.federation.aggregation.method == "exact"
+    assert sorted(ranked.data.site_ranks().values()) == [4, 8, 16]
+    plain = aggregation_methods.config_for(ns, "exact", 0.4, tmp_path)
+    assert plain.data.site_ranks() == {}
+    assert "fedsa" in aggregation_methods.METHODS
+    assert (
+        aggregation_methods.config_for(ns, "fedsa", 0.0, tmp_path).federation.aggregation.method
+        == "fedsa"
+    )
