@@ -13,13 +13,14 @@ compute); `fedsa` is scored on each site's personalized adapter (shared A, its o
 
 Defaults are sized for a 2-core CPU (SmolLM2-135M, 3 rounds x 10 steps, evaluation after
 the last round only): about 4 minutes per run. `--methods` and `--settings` pick a
-subset; on a GPU raise --rounds/--local-steps. Writes OUT/results.json (after every run)
-and OUT/report.md.
+subset (`--resume` adds them to the runs OUT already holds); on a GPU raise
+--rounds/--local-steps. Writes OUT/results.json (after every run) and OUT/report.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def report(data: dict[str, Any]) -> str:
             + " | last-round weights | s |",
             "|---|" + "---|" * (len(HEADLINE) + len(sites) + 2),
         ]
-        for method, r in runs.items():
+        for method, r in sorted(runs.items(), key=lambda kv: METHODS.index(kv[0])):
             micro = r.get("micro") or {}
             cells = [f"{micro[k]:.3f}" if k in micro else "-" for k in HEADLINE]
             cells += [
@@ -182,6 +183,23 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The arguments that only pick which runs to do; every other one must match to resume.
+SUBSET_ARGS = ("methods", "settings", "resume")
+
+
+def resumed(args: dict[str, Any], saved: dict[str, Any], settings: list[str]) -> dict:
+    """The runs a stopped benchmark measured, if it ran with the same budget."""
+    mine = {k: v for k, v in args.items() if k not in SUBSET_ARGS}
+    theirs = {k: v for k, v in saved["args"].items() if k not in SUBSET_ARGS}
+    if mine != theirs:
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"--resume: the saved runs used other arguments: {changed}")
+    runs = saved["runs"]
+    for setting in settings:
+        runs.setdefault(setting, {})
+    return runs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/aggregation_methods"))
@@ -201,6 +219,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--server-docs", type=int, default=2)
     ap.add_argument("--eval-windows", type=int, default=32, help="real data: test windows")
     ap.add_argument("--window-chars", type=int, default=240)
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs OUT/results.json already holds (same budget) and add the rest",
+    )
     args = ap.parse_args(argv)
     args.corrupt_site = args.corrupt_site or ("chia" if args.real else "lakeside")
     return args
@@ -215,10 +238,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": {s: {} for s in args.settings},
     }
+    saved = args.out / "results.json"
+    if args.resume and saved.is_file():
+        data["runs"] = resumed(data["args"], json.loads(saved.read_text()), args.settings)
     began = time.perf_counter()
     for setting in args.settings:
         corrupt = args.corrupt if setting == "corrupted" else 0.0
         for method in args.methods:
+            if method in data["runs"][setting]:
+                print(f"{setting}: {method} measured before (--resume)", flush=True)
+                continue
             out = args.out / setting / method
             config = config_for(args, method, corrupt, out.parent)
             print(f"[{time.perf_counter() - began:6.0f}s] {setting}: {method}", flush=True)

@@ -59,3 +59,34 @@ def test_exact_ranks_gives_each_site_its_own_rank_and_fedsa_is_a_method(tmp_path
         aggregation_methods.config_for(ns, "fedsa", 0.0, tmp_path).federation.aggregation.method
         == "fedsa"
     )
+
+
+def test_resume_keeps_the_measured_runs_and_runs_only_the_rest(tmp_path, monkeypatch):
+    import aggregation_methods
+
+    ran = []
+
+    def fake_simulate(config, out):
+        ran.append(config.name)
+        f1 = {"entity_strict_f1": 0.5, "entity_lenient_f1": 0.6}
+        return {
+            "final": {"micro": f1, "sites": {"a": f1}},
+            "rounds": [{"round": 1, "train": {"a": {"aggregation-weight": 1.0}}}],
+            "run": {"seconds": 1.0},
+            "communication": {"adapter_bytes_per_round": 10},
+        }
+
+    monkeypatch.setattr(aggregation_methods, "simulate", fake_simulate)
+    common = ["--out", str(tmp_path), "--model", "tiny-random", "--settings", "corrupted"]
+    aggregation_methods.main([*common, "--methods", "fedmedlora", "fedsa"])
+    assert ran == ["fedmedlora-corrupt", "fedsa-corrupt"]
+    data = aggregation_methods.main(
+        [*common, "clean", "--methods", "fedmedlora", "fedmedlora+", "--resume"]
+    )
+    assert ran[2:] == ["fedmedlora+-corrupt", "fedmedlora-clean", "fedmedlora+-clean"]
+    assert set(data["runs"]["corrupted"]) == {"fedmedlora", "fedmedlora+", "fedsa"}
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("| fedmedlora |") < report.index("| fedmedlora+ |")
+    assert report.index("| fedmedlora+ |") < report.index("| fedsa |")
+    with pytest.raises(SystemExit, match="rounds"):  # another budget: nothing mixed
+        aggregation_methods.main([*common, "--rounds", "5", "--resume"])
