@@ -54,6 +54,22 @@ def test_validation_documents_are_held_out_of_training_and_scored():
     assert all_docs.validation.examples == [] and all_docs.validation_documents == []
 
 
+def test_validation_is_a_seeded_sample_of_at_most_max_examples_windows():
+    full = _site(_recipe(validation_fraction=0.5))
+    n = len(full.validation.examples)
+    assert n > 3
+    capped = _site(_recipe(validation_fraction=0.5, validation_max_examples=3))
+    ids = [e.prompt_ids for e in capped.validation.examples]
+    assert len(ids) == 3
+    pool = [e.prompt_ids for e in full.validation.examples]
+    assert all(i in pool for i in ids)  # drawn from the held-out windows, in their order
+    assert sorted(pool.index(i) for i in ids) == [pool.index(i) for i in ids]
+    again = _site(_recipe(validation_fraction=0.5, validation_max_examples=3))
+    assert [e.prompt_ids for e in again.validation.examples] == ids  # seeded
+    # the cap never moves documents between training and validation
+    assert len(capped.examples.examples) == len(full.examples.examples)
+
+
 def test_ffa_freeze_trains_b_only():
     site = _site(_recipe())
     start = initial_adapter(site.recipe)

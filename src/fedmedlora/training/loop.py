@@ -38,6 +38,13 @@ class TrainSettings(BaseModel):
         description="share of a site's training documents held out to report a "
         "validation loss (Fed-MedLoRA+ without server data)",
     )
+    validation_max_examples: int = Field(
+        64,
+        ge=1,
+        description="at most this many held-out windows (a seeded sample) score the "
+        "adapter each round: the loss only sets the weights, and a tenth of a large "
+        "corpus would otherwise cost more than the local steps",
+    )
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: weight of the proximal term")
 
 

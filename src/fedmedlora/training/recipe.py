@@ -6,6 +6,7 @@ markup, Fed-MedLoRA) or tagging (an encoder tags tokens, the BERT baseline)."""
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -229,8 +230,8 @@ class SiteRecipe:
         """(training examples, validation examples, validation documents), built once."""
         docs, held = list(self.site.train), []
         fraction = self.recipe.train.validation_fraction
+        seed = zlib.crc32(f"{self.recipe.seed}:{self.site.spec.name}:validation".encode())
         if fraction > 0 and len(docs) > 1:
-            seed = zlib.crc32(f"{self.recipe.seed}:{self.site.spec.name}:validation".encode())
             docs, held = split_documents(docs, fraction, seed)
             if not docs:  # a fraction that rounds to every document: keep one to train on
                 docs, held = held[:1], held[1:]
@@ -239,7 +240,12 @@ class SiteRecipe:
         def build(some: Sequence[Document]) -> ExampleSet:
             return build_site_examples(self.recipe, self.lm, some, self.site.spec, schema)
 
-        return build(docs), build(held) if held else ExampleSet(), held
+        validation = build(held) if held else ExampleSet()
+        cap = self.recipe.train.validation_max_examples
+        if len(validation.examples) > cap:
+            keep = sorted(random.Random(seed).sample(range(len(validation.examples)), cap))
+            validation.examples = [validation.examples[i] for i in keep]
+        return build(docs), validation, held
 
     @property
     def examples(self) -> ExampleSet:
