@@ -33,6 +33,7 @@ from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.synthetic import generate_site
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
 from fedmedlora.federation.simulation import simulate
+from resuming import check_same_arguments  # beside this script
 
 METHODS = (
     "fedmedlora",
@@ -191,11 +192,7 @@ SUBSET_ARGS = ("methods", "settings", "resume")
 
 def resumed(args: dict[str, Any], saved: dict[str, Any], settings: list[str]) -> dict:
     """The runs a stopped benchmark measured, if it ran with the same budget."""
-    mine = {k: v for k, v in args.items() if k not in SUBSET_ARGS}
-    theirs = {k: v for k, v in saved["args"].items() if k not in SUBSET_ARGS}
-    if mine != theirs:
-        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-        raise SystemExit(f"--resume: the saved runs used other arguments: {changed}")
+    check_same_arguments(args, saved["args"], args["out"], ignore=SUBSET_ARGS)
     runs = saved["runs"]
     for setting in settings:
         runs.setdefault(setting, {})

@@ -51,6 +51,7 @@ from fedmedlora.evaluation.protocols import (
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.federation.simulation import simulate
 from fedmedlora.training.recipe import initial_adapter
+from resuming import check_same_arguments  # beside this script
 
 SITES = ("maccrobat", "chia", "bc5cdr")
 EXTERNAL = ("ncbi_test", "bc5cdr_test")
@@ -176,10 +177,7 @@ class Bench:
 
     def resume(self, saved: dict[str, Any]) -> None:
         """Continue a run that stopped: keep what it measured, under the same arguments."""
-        mine = {k: v for k, v in self.data["args"].items() if k != "resume"}
-        theirs = {k: v for k, v in saved["args"].items() if k != "resume"}
-        if mine != theirs:
-            raise SystemExit(f"--resume: {self.out} was run with other arguments: {theirs}")
+        check_same_arguments(self.data["args"], saved["args"], str(self.out))
         for key in ("methods", "new_site", "timing_s", "fedmedlora_rounds", "communication"):
             if key in saved:
                 self.data[key] = saved[key]
