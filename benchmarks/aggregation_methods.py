@@ -12,8 +12,9 @@ compute); `fedsa` is scored on each site's personalized adapter (shared A, its o
     .venv/bin/python benchmarks/aggregation_methods.py --real ../shared/data
 
 Defaults are sized for a 2-core CPU (SmolLM2-135M, 3 rounds x 10 steps, evaluation after
-the last round only): about 4 minutes per run on the synthetic sites, 12-13 minutes with
---real (3 x 2 minutes of training, 5.5 minutes to evaluate 32 windows per site).
+the last round only): about 4 minutes per run on the synthetic sites, 9-15 minutes with
+--real (3 x 1.5-2.5 minutes of training, 4-5.5 minutes to evaluate 32 windows per site;
+the server variant 16-21), 4 hours for all 22 runs.
 `--methods` and `--settings` pick a subset (`--resume` adds them to the runs OUT already
 holds); on a GPU raise --rounds/--local-steps. Writes OUT/results.json (after every run)
 and OUT/report.md.
