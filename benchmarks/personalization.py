@@ -12,7 +12,7 @@ on everything), each from the federated adapter, on the site's own training spli
 
 With the real corpora each site takes about 2 minutes per evaluation (32 windows) and
 1.5 minutes per 20 training steps on a 2-core CPU: 15 minutes for three sites and
-`--variants lp-ft`, 25 with `ft` too. Writes OUT/results.json and OUT/report.md.
+`--variants lp-ft`, 27 with `ft` too (measured). Writes OUT/results.json and OUT/report.md.
 """
 
 from __future__ import annotations
