@@ -34,7 +34,7 @@ from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.synthetic import generate_site
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
 from fedmedlora.federation.simulation import simulate
-from resuming import check_same_arguments  # beside this script
+from resuming import check_same_arguments, saved_arguments  # beside this script
 
 METHODS = (
     "fedmedlora",
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "benchmark": "aggregation_methods",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": saved_arguments(args),
         "runs": {s: {} for s in args.settings},
     }
     saved = args.out / "results.json"

@@ -51,7 +51,7 @@ from fedmedlora.evaluation.protocols import (
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.federation.simulation import simulate
 from fedmedlora.training.recipe import initial_adapter
-from resuming import check_same_arguments  # beside this script
+from resuming import check_same_arguments, saved_arguments  # beside this script
 
 SITES = ("maccrobat", "chia", "bc5cdr")
 EXTERNAL = ("ncbi_test", "bc5cdr_test")
@@ -147,7 +147,7 @@ class Bench:
         self.out, self.began = out, time.perf_counter()
         self.data: dict[str, Any] = {
             "benchmark": "clinical_ie",
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": saved_arguments(args),
             "sets": {},
             "methods": {},
             "new_site": {},

@@ -29,6 +29,7 @@ from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.evaluation.protocols import load_peft_adapter, personalize
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
 from fedmedlora.training.site_setup import fit_rank, site_recipe
+from resuming import saved_arguments  # beside this script
 
 VARIANTS = ("lp-ft", "ft")
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     federated = load_peft_adapter(adapter)
     data: dict[str, Any] = {
         "benchmark": "personalization",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": saved_arguments(args),
         "sites": {},
     }
     totals = {label: Scores() for label in ("federated", *args.variants)}

@@ -1,10 +1,19 @@
-"""What the benchmarks' --resume shares: a stopped run's results are kept only if it ran
-with the same arguments (mixing two budgets in one table would mislead)."""
+"""What the benchmarks' --resume shares: the arguments as results.json keeps them, and
+the check that a stopped run used the same ones (mixing two budgets in one table would
+mislead)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+
+def saved_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as a benchmark's results.json keeps them (paths as text): what
+    --resume compares and what a later script rebuilds a run from."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
 def check_same_arguments(

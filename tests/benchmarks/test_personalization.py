@@ -20,14 +20,14 @@ def _federation(tmp_path: Path) -> Path:
     import personalization
     from fedmedlora.model.lora import save_adapter
     from fedmedlora.training.site_setup import site_recipe
+    from resuming import saved_arguments
 
     root = tmp_path / "agg"
     ns = aggregation_methods.parse_args(
         ["--out", str(root), "--model", "tiny-random", "--train-docs", "3", "--test-docs", "1"]
     )
-    args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(ns).items()}
     root.mkdir()
-    (root / "results.json").write_text(json.dumps({"args": args, "runs": {}}))
+    (root / "results.json").write_text(json.dumps({"args": saved_arguments(ns), "runs": {}}))
     config = personalization.federation_config(root, "clean", "fedmedlora")
     local = site_recipe(config.recipe(), config.data.site_names[0])
     state = {k: v + 0.01 for k, v in local.lm.initial.items()}
