@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedmedlora.errors import ConfigError
 from fedmedlora.evaluation.inference import GenerationSettings
+from fedmedlora.evaluation.tracking import TrackingSettings
 from fedmedlora.model.lora import LoraSettings
 from fedmedlora.training.loop import TrainSettings
 
@@ -269,6 +270,8 @@ class RunConfig(Recipe):
     name: str = "run"
     federation: FederationSettings = FederationSettings()
     simulation: SimulationSettings = SimulationSettings()
+    # Server-side only: never part of the recipe sent to sites.
+    tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="after")
     def _method_needs(self) -> RunConfig:

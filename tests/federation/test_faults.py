@@ -70,11 +70,23 @@ def evaluate(msg: Message, context: Context) -> Message:
     return real.evaluate(msg, context)
 
 
-def test_faulty_site_is_left_out_and_short_rounds_are_skipped(tmp_path, clean):
-    run = run_tiny(tmp_path, FEDERATION + "}", client=faulty)
+def test_faulty_site_is_left_out_and_short_rounds_are_skipped(tmp_path, clean, monkeypatch):
+    # The trackers are broken too: an MLflow server that is down, a TensorBoard folder
+    # that cannot be made. Each becomes a warning; the run is the same.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "a-file").write_text("")
+    tracking = (
+        "tracking: {backends: [mlflow, tensorboard], mlflow_uri: 'http://127.0.0.1:9', "
+        f"tensorboard_dir: '{tmp_path / 'a-file' / 'tb'}'}}\n"
+    )
+    run = run_tiny(tmp_path, FEDERATION + "}", client=faulty, extra=tracking)
     assert run.config.federation.screening.min_updates == 1  # one good update will do
     results = run.results
     assert results["run"]["status"] == "completed"
+    warnings = results["tracking"]["warnings"]
+    assert len(warnings) == 2 and "mlflow" in warnings[0] and "tensorboard" in warnings[1]
+    assert all("the run goes on" in w for w in warnings)
+    assert set(results["tracking"]) == {"warnings", "logged_steps"}  # no tracker left
     rejected = " | ".join(results["rejected_replies"])
     assert "out of memory" in rejected  # the crash, as Flower reports it
     assert "south: " in rejected and "NaN" in rejected  # the garbage, from screening

@@ -1,5 +1,5 @@
 """A tiny federation end to end on Flower's Simulation Engine: 2 sites x 2 rounds with the
-tiny model, every message recorded and audited."""
+tiny model, every message recorded and audited, tracked to MLflow and TensorBoard."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tests.federation.tiny_federation import run_tiny
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    run = run_tiny(tmp_path_factory.mktemp("fed"))
+    run = run_tiny(
+        tmp_path_factory.mktemp("fed"), extra="tracking: {backends: [mlflow, tensorboard]}\n"
+    )
     return run.grid, run.results, run.out, run.docs
 
 
@@ -83,3 +85,54 @@ def test_global_adapter_is_the_example_weighted_average_of_the_last_round(federa
     )
     for key, value in expected.items():
         assert torch.allclose(saved[key], value, atol=1e-6)
+
+
+def expected_from_results(results: dict) -> dict[tuple[str, int], float]:
+    """(metric, round) -> value, read straight off results.json's layout."""
+    out: dict[tuple[str, int], float] = {}
+    for entry in results["rounds"]:
+        rnd = entry["round"]
+        for site, block in entry["sites"].items():
+            for key in ("entity_strict_f1", "entity_lenient_f1", "relation_strict_f1"):
+                out[f"{site}/{key}", rnd] = block[key]
+        out["micro/entity_lenient_f1", rnd] = entry["micro"]["entity_lenient_f1"]
+        for site, metrics in entry.get("train", {}).items():
+            out[f"train/{site}/train-loss", rnd] = metrics["train-loss"]
+            out[f"train/{site}/aggregation-weight", rnd] = metrics["aggregation-weight"]
+    for row in results["communication"]["per_round"]:
+        out["traffic/train_up_bytes", row["round"]] = row["train_up_bytes"]
+        out["traffic/total_bytes", row["round"]] = row["total_bytes"]
+    return out
+
+
+def test_mlflow_holds_what_results_json_says(federation):
+    from mlflow.tracking import MlflowClient
+
+    _, results, out, _ = federation
+    expected = expected_from_results(json.loads((out / "results.json").read_text()))
+    assert any(v > 0 for (k, _), v in expected.items() if k.startswith("train/"))
+    state = results["tracking"]["mlflow"]
+    assert state["uri"] == f"sqlite:///{out.parent / 'mlflow.db'}"
+    client = MlflowClient(state["uri"])
+    run = client.get_run(state["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+    assert run.data.params["train.local_steps"] == "3"
+    assert run.data.params["model.name"] == "tiny-random"
+    for (key, rnd), value in expected.items():
+        history = {m.step: m.value for m in client.get_metric_history(state["run_id"], key)}
+        assert history.get(rnd) == pytest.approx(value), (key, rnd)
+    stored = {a.path for a in client.list_artifacts(state["run_id"])}
+    assert {"results.json", "report.md", "f1_per_round.png", "adapter"} <= stored
+
+
+def test_tensorboard_holds_what_results_json_says(federation):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, results, out, _ = federation
+    expected = expected_from_results(json.loads((out / "results.json").read_text()))
+    events = EventAccumulator(results["tracking"]["tensorboard"]["dir"])
+    events.Reload()
+    for (key, rnd), value in expected.items():
+        scalars = {e.step: e.value for e in events.Scalars(key)}
+        assert scalars.get(rnd) == pytest.approx(value, rel=1e-6), (key, rnd)  # float32
+    assert {"config/text_summary", "report/text_summary"} <= set(events.Tags()["tensors"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -54,8 +55,26 @@ class RunRecorder:
         self.data["rounds"].sort(key=lambda r: r["round"])
         return entry
 
-    def trained(self, server_round: int, per_site: dict[str, dict[str, float]]) -> None:
+    def trained(
+        self,
+        server_round: int,
+        per_site: dict[str, dict[str, float]],
+        privacy: dict[str, float] | None = None,
+    ) -> None:
+        """`privacy`: the DP accountant's figures after this round (epsilon, ...)."""
         self._round(server_round)["train"] = per_site
+        if privacy:
+            self.data.setdefault("privacy", {})[str(server_round)] = privacy
+        self.save()
+
+    def rejected(self, reasons: list[str]) -> None:
+        """Every reply left out so far, each naming its round and site."""
+        self.data["rejected_replies"] = list(reasons)
+        self.save()
+
+    def note(self, key: str, value: Any) -> None:
+        """A top-level entry other parts of the server keep here (tracking state, ...)."""
+        self.data[key] = value
         self.save()
 
     def evaluated(self, server_round: int, per_site: dict[str, Scores]) -> None:
@@ -118,3 +137,36 @@ class RunRecorder:
 
     def save(self) -> None:
         write_json_atomic(self.data, self.path)
+
+
+def _round_of(reason: Any) -> int | None:
+    """The round a rejection names ("round 3 train: ..." or {"round": 3, ...})."""
+    if isinstance(reason, dict):
+        return reason.get("round")
+    found = re.match(r"round (\d+)", str(reason))
+    return int(found.group(1)) if found else None
+
+
+def round_metrics(results: dict[str, Any], server_round: int) -> dict[str, float]:
+    """Every number results.json holds for one round, flat: "riverside/entity_strict_f1",
+    "micro/...", "train/riverside/train-loss", "privacy/epsilon", "traffic/total_bytes",
+    "rejected_replies". What trackers log, so they show exactly what the file says."""
+    out: dict[str, Any] = {}
+    entry = next((r for r in results.get("rounds", []) if r["round"] == server_round), {})
+    for site, block in entry.get("sites", {}).items():
+        out.update({f"{site}/{k}": block[k] for k in HEADLINE})
+    out.update({f"micro/{k}": v for k, v in entry.get("micro", {}).items() if k in HEADLINE})
+    for site, metrics in entry.get("train", {}).items():
+        out.update({f"train/{site}/{k}": v for k, v in metrics.items()})
+    privacy = results.get("privacy", {}).get(str(server_round), {})
+    out.update({f"privacy/{k}": v for k, v in privacy.items()})
+    for row in results.get("communication", {}).get("per_round", []):
+        if row["round"] == server_round:
+            out.update({f"traffic/{k}": v for k, v in row.items() if k != "round"})
+    rejected = results.get("rejected_replies", [])
+    out["rejected_replies"] = sum(1 for r in rejected if _round_of(r) == server_round)
+    return {
+        k: float(v)
+        for k, v in out.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }

@@ -19,7 +19,8 @@ from fedmedlora.config import RunConfig, load_config
 from fedmedlora.errors import FedMedLoRAError
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.evaluation.report import write_report
-from fedmedlora.evaluation.results import RunRecorder
+from fedmedlora.evaluation.results import RunRecorder, round_metrics
+from fedmedlora.evaluation.tracking import Tracking, flatten
 from fedmedlora.federation import checkpoint
 from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
@@ -80,9 +81,7 @@ def run_federation(
             listener("evaluated", rnd, per_site)
 
     def trained(rnd: int, per_site: dict[str, dict[str, float]]) -> None:
-        if rnd in aggregator.privacy_log:
-            recorder.data.setdefault("privacy", {})[str(rnd)] = aggregator.privacy_log[rnd]
-        recorder.trained(rnd, per_site)
+        recorder.trained(rnd, per_site, aggregator.privacy_log.get(rnd))
         if listener:
             listener("trained", rnd, per_site)
 
@@ -108,7 +107,10 @@ def run_federation(
         on_trained=trained,
     )
     recipe_json = recipe.to_json()
-    stamp = checkpoint.fingerprint(config.model_dump(mode="json", by_alias=True))
+    # Tracking may be switched on or off when resuming: it is not part of the run's identity.
+    stamp = checkpoint.fingerprint(
+        config.model_dump(mode="json", by_alias=True, exclude={"tracking"})
+    )
     done = 0
     if resume:
         saved = checkpoint.load(out_dir, stamp)
@@ -121,8 +123,20 @@ def run_federation(
         strategy.round_offset = done
         if listener:
             listener("resumed", done, None)
+    tracking = Tracking.open(config.tracking, out_dir, config.name, recorder.data.get("tracking"))
+    if not resume:
+        tracking.start(flatten(config.model_dump(mode="json", by_alias=True)))
+
+    def tracked(rnd: int) -> None:
+        """The round's numbers, as results.json has them, to the trackers (once each)."""
+        recorder.traffic(dict(strategy.traffic))
+        recorder.rejected(strategy.rejected)
+        if config.tracking.backends:
+            tracking.log(rnd, round_metrics(recorder.data, rnd), once=True)
+            recorder.note("tracking", tracking.state())
 
     def round_end(rnd: int, arrays) -> None:
+        tracked(rnd)
         checkpoint.save(
             out_dir,
             {
@@ -151,6 +165,7 @@ def run_federation(
                 strategy.configure_evaluate(0, arrays, zero_cfg, grid), timeout=fed.timeout_s
             )
             strategy.aggregate_evaluate(0, replies)
+            tracked(0)
         final_arrays = arrays  # a checkpoint of the last round: nothing left to run
         if done < fed.rounds:
             final_arrays = strategy.start(
@@ -180,14 +195,20 @@ def run_federation(
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        recorder.data["rejected_replies"] = strategy.rejected
-        recorder.data["skipped_rounds"] = [
-            r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics
-        ]
+        recorder.rejected(strategy.rejected)
+        recorder.note(
+            "skipped_rounds",
+            [r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics],
+        )
         recorder.traffic(dict(strategy.traffic))
         results = recorder.finish(status, **({"error": error} if error else {}))
         if any("sites" in r for r in results["rounds"]):
             write_report(results, out_dir)
+        if config.tracking.backends:
+            names = ["results.json", "report.md", "adapter", "shared_adapter.safetensors"]
+            pngs = sorted(out_dir.glob("*.png"))
+            tracking.finish(status, [*(out_dir / n for n in names), *pngs])
+            recorder.note("tracking", tracking.state())
     return results
 
 
