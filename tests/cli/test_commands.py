@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedmedlora.cli.main import app
@@ -170,12 +171,24 @@ def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
     recipe = load_config(tmp_path / "run.yaml").recipe()
     save_adapter(loaded_model(recipe).model, initial_adapter(recipe), tmp_path / "fed")
     args = ["personalize", str(tmp_path / "run.yaml"), "--adapter", str(tmp_path / "fed")]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--site", "north"])
+    track = ["--track", "tensorboard"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--site", "north", *track])
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "p" / "personalize.json").read_text())
     assert out["site"] == "north" and (out["head_steps"], out["full_steps"]) == (2, 2)
     assert len(out["train_loss"]) == 2
     assert 0 <= out["personalized"]["entity_strict_f1"] <= 1
+    # the site's own tracker holds the same numbers: step 0 federated, step 1 personalized
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "p" / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("north/entity_lenient_f1")}
+    assert logged == pytest.approx(
+        {0: out["federated"]["entity_lenient_f1"], 1: out["personalized"]["entity_lenient_f1"]}
+    )
+    losses = [events.Scalars(f"train/phase{i}-loss")[0].value for i in (1, 2)]
+    assert losses == pytest.approx(out["train_loss"], rel=1e-6)
     assert (tmp_path / "p" / "personal_adapter" / "adapter_model.safetensors").is_file()
     both = runner.invoke(app, [*args, "--out", "x", "--site", "a", "--site-config", "b.yaml"])
     assert both.exit_code == 2 and "exactly one of --site" in both.output

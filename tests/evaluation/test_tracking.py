@@ -69,11 +69,12 @@ def test_round_metrics_are_the_rounds_numbers_from_results_json():
 
 
 def test_flatten_gives_dotted_string_parameters():
-    assert flatten({"train": {"lr": 0.1, "steps": 3}, "sites": ["a", "b"], "x": None}) == {
+    tree = {"train": {"lr": 0.1}, "types": ["a", "b"], "sites": [{"name": "n", "k": None}]}
+    assert flatten(tree) == {
         "train.lr": "0.1",
-        "train.steps": "3",
-        "sites": '["a", "b"]',
-        "x": "None",
+        "types": '["a", "b"]',
+        "sites.0.name": "n",
+        "sites.0.k": "None",
     }
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fedmedlora.cli.common import console, parse_overrides, quiet_libraries, user_errors
 from fedmedlora.config import AggregationMethod, RunConfig, load_config
+from fedmedlora.evaluation.tracking import Backend
 
 AGGREGATION_HELP = (
     "aggregation method: "
@@ -19,10 +20,21 @@ AGGREGATION_HELP = (
 )
 
 
-def _overrides(set_: list[str] | None, aggregation: str | None) -> dict[str, Any]:
+TRACK_HELP = (
+    "log to an experiment tracker, "
+    + " or ".join(Backend.__args__)  # type: ignore[attr-defined]
+    + " (repeat for both; settings: the config's tracking block)"
+)
+
+
+def _overrides(
+    set_: list[str] | None, aggregation: str | None, track: list[str] | None = None
+) -> dict[str, Any]:
     overrides = parse_overrides(set_)
     if aggregation is not None:
         overrides["federation.aggregation.method"] = aggregation
+    if track:
+        overrides["tracking.backends"] = list(dict.fromkeys(track))
     return overrides
 
 
@@ -110,10 +122,11 @@ def demo(
         list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=2")
     ] = None,
     aggregation: Annotated[str | None, typer.Option(help=AGGREGATION_HELP)] = None,
+    track: Annotated[list[str] | None, typer.Option(help=TRACK_HELP)] = None,
 ) -> None:
     """Run the whole path on the embedded default: three synthetic hospitals, SmolLM2-135M,
     Fed-MedLoRA on Flower's Simulation Engine; writes results.json, report.md and plots."""
-    execute(load_config(None, _overrides(set_, aggregation)), out)
+    execute(load_config(None, _overrides(set_, aggregation, track)), out)
 
 
 @user_errors
@@ -127,7 +140,8 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="continue a killed run from the checkpoint in --out")
     ] = False,
+    track: Annotated[list[str] | None, typer.Option(help=TRACK_HELP)] = None,
 ) -> None:
     """Run a federation described by a config file in Flower's Simulation Engine."""
-    cfg = load_config(config, _overrides(set_, aggregation))
+    cfg = load_config(config, _overrides(set_, aggregation, track))
     execute(cfg, out or Path("runs") / cfg.name, resume=resume)

@@ -8,7 +8,7 @@ from typing import Any
 from fedmedlora.evaluation.results import HEADLINE
 
 
-def _fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.1f} {unit}"
@@ -143,16 +143,16 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Communication",
         "",
-        f"- adapter tensors: {_fmt_bytes(comm['adapter_bytes'])} "
+        f"- adapter tensors: {fmt_bytes(comm['adapter_bytes'])} "
         f"({comm['adapter_parameters']:,} parameters)",
-        f"- full model: {_fmt_bytes(comm['full_model_bytes'])} "
+        f"- full model: {fmt_bytes(comm['full_model_bytes'])} "
         f"({comm['model_parameters']:,} parameters)",
     ]
     if "adapter_bytes_per_round" in comm:
         lines += [
             f"- training traffic per round (all sites, down + up, as serialized by "
-            f"Flower): {_fmt_bytes(comm['adapter_bytes_per_round'])}, vs "
-            f"{_fmt_bytes(comm['full_model_bytes_per_round'])} for full-model FedAvg "
+            f"Flower): {fmt_bytes(comm['adapter_bytes_per_round'])}, vs "
+            f"{fmt_bytes(comm['full_model_bytes_per_round'])} for full-model FedAvg "
             f"({comm['reduction_factor']:.0f}x less)"
         ]
     lines += [
@@ -162,9 +162,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in comm["per_round"]:
         lines.append(
-            f"| {r['round']} | {_fmt_bytes(r['train_down_bytes'])} | "
-            f"{_fmt_bytes(r['train_up_bytes'])} | {_fmt_bytes(r['evaluate_down_bytes'])}"
-            f" | {_fmt_bytes(r['evaluate_up_bytes'])} |"
+            f"| {r['round']} | {fmt_bytes(r['train_down_bytes'])} | "
+            f"{fmt_bytes(r['train_up_bytes'])} | {fmt_bytes(r['evaluate_down_bytes'])}"
+            f" | {fmt_bytes(r['evaluate_up_bytes'])} |"
         )
     lines += ["", "![bytes per round](bytes_per_round.png)", ""]
     if results.get("rejected_replies"):

@@ -46,8 +46,10 @@ class Tracker(Protocol):
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    """Nested settings -> {"train.learning_rate": "0.002", ...}: the form trackers
-    take parameters in (lists become JSON, so a site list stays readable)."""
+    """Nested settings -> {"train.learning_rate": "0.002", "data.sites.0.name": "a", ...}:
+    the form trackers take parameters in (a list of plain values stays one JSON value)."""
+    if isinstance(tree, list) and any(isinstance(v, dict | list) for v in tree):
+        tree = dict(enumerate(tree))
     if isinstance(tree, dict):
         out: dict[str, str] = {}
         for key, value in tree.items():
