@@ -112,6 +112,14 @@ def execute(config: RunConfig, out: Path, resume: bool = False) -> dict[str, Any
                 )
             )
         )
+    tracked = results.get("tracking", {})
+    if "mlflow" in tracked:
+        mlflow = tracked["mlflow"]
+        console.print(f"tracked: MLflow run {mlflow['run_id']} in {mlflow['uri']}", soft_wrap=True)
+    if "tensorboard" in tracked:
+        console.print(f"tracked: TensorBoard events in {tracked['tensorboard']['dir']}")
+    for warning in tracked.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     return results
 
 

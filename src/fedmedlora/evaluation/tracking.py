@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -76,6 +77,8 @@ class MLflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         for noisy in ("mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # SQLAlchemy's deprecation notices about MLflow's own queries are not the user's.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")
         root = Path(out_dir).resolve().parent
         self.uri = settings.mlflow_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=self.uri)
