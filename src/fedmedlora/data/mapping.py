@@ -207,4 +207,4 @@ def map_result(
 ) -> tuple[ReadResult, Counter[str]]:
     """A reader's result in target terms; its problems are kept as they were."""
     docs, counts = map_documents(result.documents, mapping, schema)
-    return ReadResult(documents=docs, problems=list(result.problems)), counts
+    return ReadResult(docs, list(result.problems), dict(result.origins)), counts
