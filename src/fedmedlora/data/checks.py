@@ -82,6 +82,10 @@ def check_types(result: ReadResult, spec: SiteSpec, schema: Schema, found: Findi
         )
 
 
+def _where(path: str, line: int) -> str:
+    return f"{path}:{line}" if line else path
+
+
 def _text_key(doc: Document) -> str:
     return hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
@@ -102,12 +106,13 @@ def check_duplicates(
             path, line = result.origin(doc)
             if doc.id in ids:
                 first_part, first_path, first_line = ids[doc.id]
+                shown = f" ({first_part})" if first_part != part else ""
                 found.problems.append(
                     Problem(
                         path,
                         line,
-                        f"document {doc.id} already read ({first_part}) at "
-                        f"{first_path}:{first_line}; this copy left out",
+                        f"document {doc.id} already read{shown} at "
+                        f"{_where(first_path, first_line)}; this copy left out",
                     )
                 )
                 continue
@@ -115,14 +120,14 @@ def check_duplicates(
             key = _text_key(doc)
             if key in texts and doc.text.strip():
                 first_id, first_part, first_path, first_line = texts[key]
-                where = f"document {first_id} ({first_part}) at {first_path}:{first_line}"
+                where = f"document {first_id} at {_where(first_path, first_line)}"
                 if first_part != part:
                     found.problems.append(
                         Problem(
                             path,
                             line,
-                            f"document {doc.id} ({part}) has the same text as {where}; "
-                            "this copy left out",
+                            f"{part} document {doc.id} has the same text as {first_part} "
+                            f"{where}; this copy left out",
                         )
                     )
                     continue

@@ -97,16 +97,13 @@ def _read(
 ) -> tuple[list[ReadResult], bool]:
     """Every file of one split, checked against the schema and the site's types; and
     whether any of them is strict (a problem then fails the site)."""
-    from fedmedlora.data.formats.jsonl import read_jsonl
     from fedmedlora.data.formats.readers import detect_format, read_any
 
     results, strict_any = [], False
     for path in paths:
         fmt = source.format or detect_format(path)
-        if fmt == "jsonl" and not source.mapping:
-            result = read_jsonl(path, schema)  # own format: types checked line by line
-        else:
-            result = read_any(path, fmt)
+        # Own format (JSONL, no mapping): types checked line by line.
+        result = read_any(path, fmt, None if source.mapping else schema)
         if source.mapping:
             from fedmedlora.data.mapping import load_mapping, map_result
 
