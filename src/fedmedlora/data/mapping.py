@@ -133,12 +133,14 @@ def _errors(exc: ValidationError) -> str:
 
 
 def _key_line(where: str, text: str, exc: ValidationError) -> str:
-    """`where:line` of the top-level key the first error is under, when it is in the file."""
-    loc = exc.errors()[0]["loc"] if exc.errors() else ()
-    if loc:
-        for n, line in enumerate(text.split("\n"), start=1):
-            if line.lstrip("\ufeff").startswith(f"{loc[0]}:"):
-                return f"{where}:{n}"
+    """`where:line` of the first top-level key an error is under that is in the file."""
+    lines = [line.lstrip("\ufeff") for line in text.split("\n")]
+    for err in exc.errors():
+        if err["loc"]:
+            key = f"{err['loc'][0]}:"
+            for n, line in enumerate(lines, start=1):
+                if line.startswith(key):
+                    return f"{where}:{n}"
     return where
 
 

@@ -137,6 +137,9 @@ def _document(path: str, node: _Node, problems: list[Problem]) -> Document | Non
         problem(node.line, "document without an <id>; skipped")
         return None
     text = _assemble_text(doc_id, node, problem)
+    if not text.strip():
+        problem(node.line, f"document {doc_id} has no passage or sentence text; skipped")
+        return None
     entities: list[Entity] = []
     concepts: dict[str, str] = {}
     relations: list[Relation] = []
