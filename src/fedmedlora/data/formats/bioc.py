@@ -76,6 +76,10 @@ def read_bioc(path: str | Path) -> ReadResult:
                 )
             )
             return
+        if not doc.text.strip():
+            reason = f"document {doc.id} has no passage or sentence text; skipped"
+            result.problems.append(Problem(str(path), node.line, reason))
+            return
         seen[doc.id] = node.line
         result.origins[doc.id] = (str(path), node.line)
         result.documents.append(doc)
@@ -137,9 +141,6 @@ def _document(path: str, node: _Node, problems: list[Problem]) -> Document | Non
         problem(node.line, "document without an <id>; skipped")
         return None
     text = _assemble_text(doc_id, node, problem)
-    if not text.strip():
-        problem(node.line, f"document {doc_id} has no passage or sentence text; skipped")
-        return None
     entities: list[Entity] = []
     concepts: dict[str, str] = {}
     relations: list[Relation] = []
