@@ -192,3 +192,18 @@ def test_repeats_across_files_and_between_train_and_test_are_flagged(tmp_path, s
     (problem,) = site.problems
     assert problem.path == test_file and problem.line == 1
     assert f"train document a-0 at {both[0]}:1; this copy left out" in problem.reason
+
+
+def test_a_seeded_split_that_puts_one_text_on_both_sides_is_warned_about(tmp_path, schema):
+    docs = notes(6)
+    copies = [d.model_copy(update={"id": f"copy-{d.id}"}) for d in docs]
+    write_jsonl(docs + copies, tmp_path / "a.jsonl")
+    site = load_source(
+        SiteSource(name="x", train=str(tmp_path / "a.jsonl"), test_fraction=0.5), schema, 0
+    )
+    train_texts = {d.text for d in site.train}
+    straddling = [d.id for d in site.test if d.text in train_texts]
+    assert straddling  # the split keeps ids apart, not texts
+    overlap = [w.reason for w in site.warnings if "(seeded split)" in w.reason]
+    assert [r.split()[2] for r in overlap] == straddling
+    assert len([w for w in site.warnings if "same text as document" in w.reason]) == 6

@@ -137,3 +137,27 @@ def check_duplicates(
             texts.setdefault(key, (doc.id, part, path, line))
             kept.append(doc)
     return out
+
+
+def check_split_overlap(
+    train: list[Document], test: list[Document], origin: dict[str, tuple[str, int]]
+) -> list[Problem]:
+    """Warnings for test documents whose text is also a training document's (the seeded
+    split keeps ids apart, not texts): their scores are inflated."""
+    first: dict[str, str] = {}
+    for d in train:
+        first.setdefault(_text_key(d), d.id)
+    out = []
+    for d in test:
+        twin = first.get(_text_key(d))
+        if twin is not None and d.text.strip():
+            path, line = origin.get(d.id, ("", 0))
+            out.append(
+                Problem(
+                    path,
+                    line,
+                    f"test document {d.id} has the same text as train document {twin} "
+                    "(seeded split): its scores are inflated",
+                )
+            )
+    return out

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedmedlora.config import DataSettings, SiteSource
-from fedmedlora.data.checks import Findings, check_duplicates, check_types
+from fedmedlora.data.checks import (
+    Findings,
+    check_duplicates,
+    check_split_overlap,
+    check_types,
+)
 from fedmedlora.data.document import Document
 from fedmedlora.data.formats import ReadResult
 from fedmedlora.data.noise import corrupt_entity_types
@@ -165,12 +170,14 @@ def load_source(source: SiteSource, schema: Schema, seed: int) -> SiteData:
         raise AnnotationError(found.problems)
     data.problems += found.problems
     data.warnings += found.warnings
-    _log(source.name, data)
     train = kept["train"]
     if source.test is not None:
         test = kept["test"]
     else:
         train, test = split_documents(train, source.test_fraction, seed)
+        origins = {k: v for _, r in parts for k, v in r.origins.items()}
+        data.warnings += check_split_overlap(train, test, origins)
+    _log(source.name, data)
     if not train:
         raise ConfigError(
             f"site {source.name}: no usable training documents in "
