@@ -196,3 +196,12 @@ def test_data_stats_warns_about_the_same_text_under_two_ids(tmp_path):
     assert f"warning: {path}:2: document copy has the same text as document good at {path}:1" in (
         result.stdout
     )
+
+
+def test_format_detection_looks_past_a_bom(tmp_path):
+    from fedmedlora.data.formats.readers import detect_format
+
+    for name, fmt in (("bioc/bom.xml", "bioc"), ("jsonl/bom.jsonl", "jsonl")):
+        unnamed = tmp_path / fmt  # no suffix: the first line decides
+        unnamed.write_bytes((BAD / name).read_bytes())
+        assert detect_format(unnamed) == fmt

@@ -40,7 +40,7 @@ def detect_format(path: str | Path) -> str:
     by_suffix = {".xml": "bioc", ".bioc": "bioc", ".jsonl": "jsonl", ".pubtator": "pubtator"}
     if path.suffix.lower() in by_suffix:
         return by_suffix[path.suffix.lower()]
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with path.open(encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM is no clue
         first = next((line for line in fh if line.strip()), "")
     if _PUBTATOR_TITLE.match(first):
         return "pubtator"
