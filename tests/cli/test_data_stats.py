@@ -18,9 +18,10 @@ def _root() -> None:
 runner = CliRunner()
 
 
-def _stats(*args: str) -> dict:
+def _stats(*args: str, code: int = 0) -> dict:
+    """The JSON report; `code` 2 when the input has problems (the report comes first)."""
     result = runner.invoke(app, ["data", "stats", *args, "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return json.loads(result.stdout)
 
 
@@ -47,16 +48,19 @@ def test_maccrobat_table_output(shared_data):
 def test_chia_problems_listed_with_file_and_line(shared_data):
     path = shared_data / "chia" / "chia_without_scope"
     result = runner.invoke(app, ["data", "stats", str(path), "--format", "brat"])
-    assert result.exit_code == 0
+    assert result.exit_code == 2
     assert "14 problem(s) found" in result.stdout
     assert f"{path}/NCT03460002_inc.ann:6: T5: annotated text" in result.stdout
     assert f"{path}/NCT02590822_inc.ann:17: T5:" in result.stdout
-    stats = _stats(str(path))
+    stats = _stats(str(path), code=2)
     assert stats["documents"] == 2_000 and stats["entities"] == 44_613
+    # the same criteria text under two trial ids: a warning, not a problem
+    assert len(stats["warnings"]) == 56
+    assert "NCT03620526_exc has the same text as document NCT01078051_exc" in stats["warnings"][-1]
 
 
 def test_ncbi_train_quirks(shared_data):
-    stats = _stats(str(shared_data / "ncbi_disease" / "NCBItrainset_corpus.txt"))
+    stats = _stats(str(shared_data / "ncbi_disease" / "NCBItrainset_corpus.txt"), code=2)
     assert len(stats["problems"]) == 2
     assert "document 10923035: mention text" in stats["problems"][0]
     assert "document 8528200 already read" in stats["problems"][1]
@@ -108,7 +112,7 @@ def test_bioc_detected_and_problem_lines_shown(tmp_path):
         "</passage></document>\n</collection>\n",
         encoding="utf-8",
     )
-    stats = _stats(str(path), "--mapping", "bc5cdr")
+    stats = _stats(str(path), "--mapping", "bc5cdr", code=2)
     assert stats["entity_types"] == {"drug": 1}
     assert stats["problems"] == [
         f"{path}:5: document 1: annotation b text 'hurts' does not match the text at "

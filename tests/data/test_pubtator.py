@@ -48,7 +48,7 @@ def test_sample(tmp_path):
     assert sorted(reasons) == [6, 12, 13, 15]
     assert "'Fevre' does not match" in reasons[6]
     assert reasons[12].startswith("not a PubTator")
-    assert reasons[13].startswith("not a PubTator")  # offsets must be numbers
+    assert reasons[13].startswith("mention offsets must be whole numbers")
     assert "already read at line 2 (a different version); keeping the first" in reasons[15]
 
 

@@ -40,7 +40,8 @@ def _result() -> ReadResult:
 
 
 def test_corpus_stats_counts_everything():
-    stats = corpus_stats(_result(), dropped={"entity Date: type not mapped": 2})
+    warning = Problem("f.ann", 0, "document d has the same text as document c at g.ann")
+    stats = corpus_stats(_result(), {"entity Date: type not mapped": 2}, [warning])
     assert stats == {
         "documents": 1,
         "characters": 17,
@@ -54,13 +55,16 @@ def test_corpus_stats_counts_everything():
         "document_relations": {"CID": 1},
         "attributes": {"POLARITY=NEG": 1},
         "problems": ["f.ann:3: T9: bad span [1,2)"],
+        "warnings": ["f.ann: document d has the same text as document c at g.ann"],
         "dropped": {"entity Date: type not mapped": 2},
     }
 
 
 def test_render_shows_tables_and_problems_verbatim():
     out = io.StringIO()
-    render_stats(corpus_stats(_result()), Console(file=out, width=120), title="corpus [demo]")
+    warning = Problem("f.ann", 0, "document d has the same text as document c at g.ann")
+    stats = corpus_stats(_result(), warnings=[warning])
+    render_stats(stats, Console(file=out, width=120), title="corpus [demo]")
     text = out.getvalue()
     assert "corpus [demo]" in text  # printed literally, not as rich markup
     assert "1 documents, 17 characters, 3 entities (2 types, 1 discontinuous)" in text
@@ -68,6 +72,7 @@ def test_render_shows_tables_and_problems_verbatim():
     for heading in ("Entities by type", "Relations by type", "Attributes", "Document-level"):
         assert heading in text
     assert "1 problem(s) found\nf.ann:3: T9: bad span [1,2)\n" in text
+    assert "\nwarning: f.ann: document d has the same text as document c at g.ann\n" in text
 
 
 def test_detect_format(tmp_path, shared_data):

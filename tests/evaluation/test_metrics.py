@@ -119,3 +119,117 @@ def test_corpus_pairs_by_id_and_reports_missing():
     assert report.unmatched_predictions == ["other"]
     c = scores.micro("entity", "strict")
     assert (c.tp, c.fp, c.fn) == (7, 0, 7)
+
+
+# --- the sparse lenient matcher against the dense one it replaced ---------------------
+
+
+def _dense_reference(gold: Document, pred: Document) -> dict[str, int]:
+    """The matcher before the sparse one, kept here only as a reference: every pair
+    compared, a dense 0/1 matrix, scipy's assignment solver."""
+    from collections import Counter, defaultdict
+
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    def matching(pairs, n_gold, n_pred):
+        if not pairs:
+            return 0
+        weight = np.zeros((n_gold, n_pred))
+        for g, p in pairs:
+            weight[g, p] = 1.0
+        rows, cols = linear_sum_assignment(weight, maximize=True)
+        return int(weight[rows, cols].sum())
+
+    def overlap(a, b):
+        return a.start < b.end and b.start < a.end
+
+    out: dict[str, int] = {}
+
+    def add(kind, key, exact, lenient, n_gold, n_pred):
+        for mode, tp in (("strict", exact), ("lenient", lenient)):
+            for stat, value in (("tp", tp), ("fp", n_pred - tp), ("fn", n_gold - tp)):
+                name = f"{kind}/{mode}/{key}/{stat}"
+                out[name] = out.get(name, 0) + value
+
+    for t in {e.type for e in gold.entities} | {e.type for e in pred.entities}:
+        g = [e for e in gold.entities if e.type == t]
+        p = [e for e in pred.entities if e.type == t]
+        exact = sum(
+            (Counter((e.start, e.end) for e in g) & Counter((e.start, e.end) for e in p)).values()
+        )
+        pairs = [(i, j) for i, a in enumerate(g) for j, b in enumerate(p) if overlap(a, b)]
+        add("entity", t, exact, matching(pairs, len(g), len(p)), len(g), len(p))
+    ge, pe = gold.entity_by_id(), pred.entity_by_id()
+    grouped = defaultdict(lambda: ([], []))
+    for side, d, ents in ((0, gold, ge), (1, pred, pe)):
+        for r in d.relations:
+            grouped[f"{r.type}:{ents[r.head].type}->{ents[r.tail].type}"][side].append(r)
+    for key, (g, p) in grouped.items():
+
+        def span(r, ents):
+            return (ents[r.head].start, ents[r.head].end, ents[r.tail].start, ents[r.tail].end)
+
+        exact = sum((Counter(span(r, ge) for r in g) & Counter(span(r, pe) for r in p)).values())
+        pairs = [
+            (i, j)
+            for i, a in enumerate(g)
+            for j, b in enumerate(p)
+            if overlap(ge[a.head], pe[b.head]) and overlap(ge[a.tail], pe[b.tail])
+        ]
+        add("relation", key, exact, matching(pairs, len(g), len(p)), len(g), len(p))
+    return out
+
+
+def _random_doc(rng, text: str, n_entities: int, n_relations: int, doc_id: str) -> Document:
+    ents = []
+    for k in range(n_entities):
+        start = rng.randrange(len(text) - 1)
+        end = rng.randrange(start + 1, min(len(text), start + rng.choice((1, 3, 8, 20))) + 1)
+        ents.append(
+            Entity(id=f"T{k}", type=rng.choice("ab"), start=start, end=end, text=text[start:end])
+        )
+    rels = []
+    for k in range(n_relations if len(ents) > 1 else 0):
+        head, tail = rng.sample(ents, 2)
+        rels.append(Relation(id=f"R{k}", type=rng.choice("xy"), head=head.id, tail=tail.id))
+    return Document(id=doc_id, text=text, entities=ents, relations=rels)
+
+
+def test_sparse_lenient_matching_equals_the_dense_matcher_on_random_documents():
+    import random
+
+    rng = random.Random(14)
+    differing = 0
+    for case in range(300):
+        text = "".join(rng.choice("abc ") for _ in range(rng.choice((10, 40, 120))))
+        n = rng.choice((0, 1, 3, 10, 40))
+        gold = _random_doc(rng, text, n, n // 2, "d")
+        pred = _random_doc(rng, text, rng.choice((0, 1, 3, 10, 40)), n // 2, "d")
+        got = {k: v for k, v in score_document(gold, pred).to_counts().items()}
+        want = _dense_reference(gold, pred)
+        assert got == want, f"case {case}"
+        lenient = sum(v for k, v in got.items() if "/lenient/" in k and k.endswith("/tp"))
+        strict = sum(v for k, v in got.items() if "/strict/" in k and k.endswith("/tp"))
+        differing += lenient != strict
+    assert differing > 50  # the cases exercise overlaps, not only exact matches
+
+
+def test_lenient_matching_is_one_to_one_and_maximal():
+    # gold a=[0,4) b=[3,8); predicted c=[0,2) overlaps only a, d=[2,6) overlaps both:
+    # greedy in list order could give d->a and leave c; the maximum matching pairs both.
+    text = "abcdefghij"
+    gold = doc_at(text, [(0, 4), (3, 8)])
+    pred = doc_at(text, [(2, 6), (0, 2)])
+    c = score_document(gold, pred).entity["lenient"]["p"]
+    assert (c.tp, c.fp, c.fn) == (2, 0, 0)
+    touching = score_document(doc_at(text, [(0, 3)]), doc_at(text, [(3, 6)]))
+    assert touching.entity["lenient"]["p"].tp == 0  # [0,3) and [3,6) do not overlap
+
+
+def doc_at(text: str, spans: list[tuple[int, int]]) -> Document:
+    ents = [
+        Entity(id=f"T{k}", type="p", start=s, end=e, text=text[s:e])
+        for k, (s, e) in enumerate(spans)
+    ]
+    return Document(id="d", text=text, entities=ents)

@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 
 from fedmedlora.cli.common import user_errors
+from fedmedlora.data.checks import Findings, check_duplicates
 from fedmedlora.data.formats.readers import FORMATS, read_any
 from fedmedlora.data.mapping import load_mapping, map_result
 from fedmedlora.data.schema import load_schema
@@ -37,23 +38,31 @@ def stats(
             "--mapping", "-m", help="Built-in mapping name or YAML file: count in target terms."
         ),
     ] = None,
+    schema: Annotated[
+        str, typer.Option(help="Schema (built-in name or YAML) JSONL files are checked against.")
+    ] = "clinical",
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Count documents, entities and relations by type, and list every problem found
-    (file:line: reason). Problems do not make the command fail: they are the report."""
-    # Load the mapping first: a bad --mapping should fail before a long read.
+    (file:line: reason, one a line) and every warning (the same text under two ids).
+    Exits with status 2 when there is any problem, after the full report."""
+    # Load the mapping and schema first: a bad option should fail before a long read.
     corpus_mapping = load_mapping(mapping) if mapping is not None else None
-    result = read_any(path, format)
+    target = load_schema(corpus_mapping.schema_name if corpus_mapping else schema)
+    result = read_any(path, format, None if corpus_mapping else target)
     dropped = None
     if corpus_mapping is not None:
-        schema = load_schema(corpus_mapping.schema_name)
-        result, dropped = map_result(result, corpus_mapping, schema)
-    numbers = corpus_stats(result, dropped)
+        result, dropped = map_result(result, corpus_mapping, target)
+    found = Findings()
+    check_duplicates([("file", result)], found)
+    numbers = corpus_stats(result, dropped, found.warnings)
     if as_json:
         typer.echo(json.dumps(numbers, indent=2, ensure_ascii=False))
-        return
-    title = f"{path}" + (f" (mapped with {mapping})" if mapping else "")
-    render_stats(numbers, Console(), title=title)
+    else:
+        title = f"{path}" + (f" (mapped with {mapping})" if mapping else "")
+        render_stats(numbers, Console(), title=title)
+    if result.problems:
+        raise typer.Exit(2)
 
 
 @data_app.command("synthetic")

@@ -16,7 +16,8 @@ class Entity(BaseModel):
     `start`/`end` then span from the first piece to the last and `text` joins the pieces
     with single spaces, as brat does."""
 
-    model_config = ConfigDict(frozen=True)
+    # extra="forbid" everywhere: a misspelled key ("entites") is an error, not lost data.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1)
     type: str = Field(min_length=1)
@@ -52,7 +53,7 @@ class Entity(BaseModel):
 class Relation(BaseModel):
     """A directed link; in the clinical schema `head` is the modifier, `tail` the main entity."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1)
     type: str = Field(min_length=1)
@@ -62,6 +63,8 @@ class Relation(BaseModel):
 
 class Document(BaseModel):
     """One note (or note chunk) with its gold or predicted annotations."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1)
     text: str

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedmedlora.data.document import Document, Entity, Relation
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import undecodable
 from fedmedlora.data.schema import Schema, load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.errors import ConfigError
@@ -94,18 +95,53 @@ def load_mapping(name_or_path: str | Path, schema: Schema | None = None) -> Corp
                 f"mapping {str(name_or_path)!r} is neither a built-in "
                 f"({', '.join(BUILTIN_MAPPINGS)}) nor an existing YAML file"
             )
-        text, where = path.read_text(encoding="utf-8"), str(path)
+        raw = path.read_bytes()
+        where = str(path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line, reason = undecodable(exc, raw)
+            raise ConfigError(f"{where}:{line}: {reason}") from None
     try:
         mapping = CorpusMapping.model_validate(yaml.safe_load(text))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark is not None else where
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{at}: not valid YAML: {what}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
     except ValidationError as exc:
-        raise ConfigError(f"{where}: invalid mapping: {exc}") from None
+        raise ConfigError(
+            f"{_key_line(where, text, exc)}: invalid mapping: {_errors(exc)}"
+        ) from None
     try:
         mapping.check(schema or load_schema(mapping.schema_name))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return mapping
+
+
+def _errors(exc: ValidationError) -> str:
+    """pydantic's errors on one line: `entities.Drug: Input should be a valid string; ...`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _key_line(where: str, text: str, exc: ValidationError) -> str:
+    """`where:line` of the first top-level key an error is under that is in the file."""
+    lines = [line.lstrip("\ufeff") for line in text.split("\n")]
+    for err in exc.errors():
+        if err["loc"]:
+            key = f"{err['loc'][0]}:"
+            for n, line in enumerate(lines, start=1):
+                if line.startswith(key):
+                    return f"{where}:{n}"
+    return where
 
 
 def apply_mapping(
@@ -207,4 +243,4 @@ def map_result(
 ) -> tuple[ReadResult, Counter[str]]:
     """A reader's result in target terms; its problems are kept as they were."""
     docs, counts = map_documents(result.documents, mapping, schema)
-    return ReadResult(documents=docs, problems=list(result.problems)), counts
+    return ReadResult(docs, list(result.problems), dict(result.origins)), counts

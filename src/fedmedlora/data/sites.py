@@ -3,6 +3,7 @@ test the same way every time (seeded by document id, not file order)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from collections import Counter
@@ -10,12 +11,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedmedlora.config import DataSettings, SiteSource
+from fedmedlora.data.checks import (
+    Findings,
+    check_duplicates,
+    check_split_overlap,
+    check_types,
+)
 from fedmedlora.data.document import Document
+from fedmedlora.data.formats import ReadResult
 from fedmedlora.data.noise import corrupt_entity_types
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.errors import AnnotationError, ConfigError, Problem
 from fedmedlora.task.chunking import chunk_document
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +34,7 @@ class SiteData:
     train: list[Document]
     test: list[Document]
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     corrupted_labels: int = 0  # training labels made wrong on purpose (data.noise)
 
@@ -86,25 +97,44 @@ def _corrupted(data: SiteData, fraction: float, seed: int) -> SiteData:
     return data
 
 
-def _read(paths: list[str], source: SiteSource, schema: Schema, out: SiteData) -> list[Document]:
+def _read(
+    paths: list[str], source: SiteSource, spec: SiteSpec, schema: Schema, out: SiteData
+) -> tuple[list[ReadResult], bool]:
+    """Every file of one split, checked against the schema and the site's types; and
+    whether any of them is strict (a problem then fails the site)."""
     from fedmedlora.data.formats.readers import detect_format, read_any
 
-    docs: list[Document] = []
+    results, strict_any = [], False
     for path in paths:
         fmt = source.format or detect_format(path)
-        result = read_any(path, fmt)
-        strict = source.strict if source.strict is not None else fmt == "jsonl"
-        if strict and result.problems:
-            raise AnnotationError(result.problems)
-        out.problems += result.problems
+        # Own format (JSONL, no mapping): types checked line by line.
+        result = read_any(path, fmt, None if source.mapping else schema)
         if source.mapping:
-            from fedmedlora.data.mapping import load_mapping, map_documents
+            from fedmedlora.data.mapping import load_mapping, map_result
 
-            mapped, dropped = map_documents(result.documents, load_mapping(source.mapping), schema)
+            result, dropped = map_result(result, load_mapping(source.mapping), schema)
             out.dropped.update(dropped)
-            result.documents = mapped
-        docs += [d.model_copy(update={"site": source.name}) for d in result.documents]
-    return docs
+        found = Findings()
+        check_types(result, spec, schema, found)
+        strict = source.strict if source.strict is not None else fmt == "jsonl"
+        problems = result.problems + found.problems
+        if strict and problems:
+            raise AnnotationError(problems)
+        strict_any |= strict
+        out.problems += problems
+        out.warnings += found.warnings
+        result.documents = [d.model_copy(update={"site": source.name}) for d in result.documents]
+        results.append(result)
+    return results, strict_any
+
+
+def _log(site: str, data: SiteData, shown: int = 20) -> None:
+    """One line per problem and warning, so they are seen where the site runs."""
+    for kind, items in (("problem", data.problems), ("warning", data.warnings)):
+        for p in items[:shown]:
+            log.warning("site %s: %s: %s", site, kind, p)
+        if len(items) > shown:
+            log.warning("site %s: ... and %d more %ss", site, len(items) - shown, kind)
 
 
 def _site_spec(source: SiteSource, schema: Schema) -> SiteSpec:
@@ -125,12 +155,29 @@ def _site_spec(source: SiteSource, schema: Schema) -> SiteSpec:
 
 
 def load_source(source: SiteSource, schema: Schema, seed: int) -> SiteData:
+    """A site's train and test documents, with every problem and warning found (also
+    logged). Strict sources (JSONL by default) raise AnnotationError on any problem."""
     data = SiteData(_site_spec(source, schema), [], [])
-    train = _read(source.train_paths, source, schema, data)
+    read, strict = _read(source.train_paths, source, data.spec, schema, data)
+    parts = [("train", r) for r in read]
     if source.test is not None:
-        test = _read(source.test_paths, source, schema, data)
+        read_test, strict_test = _read(source.test_paths, source, data.spec, schema, data)
+        parts += [("test", r) for r in read_test]
+        strict |= strict_test
+    found = Findings()
+    kept = check_duplicates(parts, found)
+    if strict and found.problems:
+        raise AnnotationError(found.problems)
+    data.problems += found.problems
+    data.warnings += found.warnings
+    train = kept["train"]
+    if source.test is not None:
+        test = kept["test"]
     else:
         train, test = split_documents(train, source.test_fraction, seed)
+        origins = {k: v for _, r in parts for k, v in r.origins.items()}
+        data.warnings += check_split_overlap(train, test, origins)
+    _log(source.name, data)
     if not train:
         raise ConfigError(
             f"site {source.name}: no usable training documents in "

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.errors import Problem
 
 
 def _by_count(counter: Counter[str]) -> dict[str, int]:
@@ -18,8 +19,13 @@ def _by_count(counter: Counter[str]) -> dict[str, int]:
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def corpus_stats(result: ReadResult, dropped: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Counts over the documents read, and every problem as `file:line: reason`.
+def corpus_stats(
+    result: ReadResult,
+    dropped: Mapping[str, int] | None = None,
+    warnings: list[Problem] | None = None,
+) -> dict[str, Any]:
+    """Counts over the documents read, and every problem (and warning) as
+    `file:line: reason`.
 
     `equivalence_groups` counts brat `*` lines; the reader stores each as relations between
     consecutive members (`equivalence_pairs` of them), which `relations` includes.
@@ -49,6 +55,7 @@ def corpus_stats(result: ReadResult, dropped: Mapping[str, int] | None = None) -
         "document_relations": _by_count(doc_relations),
         "attributes": _by_count(attributes),
         "problems": [str(p) for p in result.problems],
+        "warnings": [str(w) for w in warnings or ()],
     }
     if dropped is not None:
         stats["dropped"] = _by_count(Counter(dropped))
@@ -108,3 +115,5 @@ def render_stats(stats: Mapping[str, Any], console: Console, title: str = "") ->
     console.print(f"{len(problems)} problem(s) found", style="bold" if problems else None)
     for line in problems:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for line in stats.get("warnings", ()):
+        console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)

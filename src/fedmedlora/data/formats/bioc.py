@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from fedmedlora.data.document import Document, Entity, Relation
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import ascii_int
 from fedmedlora.errors import Problem
 
 CONCEPT_KEYS = ("identifier", "Identifier", "MESH", "MeSH", "concept_id", "CUI", "NCBI Gene")
@@ -75,7 +76,12 @@ def read_bioc(path: str | Path) -> ReadResult:
                 )
             )
             return
+        if not doc.text.strip():
+            reason = f"document {doc.id} has no passage or sentence text; skipped"
+            result.problems.append(Problem(str(path), node.line, reason))
+            return
         seen[doc.id] = node.line
+        result.origins[doc.id] = (str(path), node.line)
         result.documents.append(doc)
 
     builder = _Builder(on_document)
@@ -122,10 +128,7 @@ class _Builder:
 
 
 def _int(node: _Node | None) -> int | None:
-    try:
-        return int(node.text.strip()) if node is not None else None
-    except ValueError:
-        return None
+    return ascii_int(node.text) if node is not None else None
 
 
 def _document(path: str, node: _Node, problems: list[Problem]) -> Document | None:
@@ -208,9 +211,9 @@ def _entity(doc_id: str, ann: _Node, text: str, k: int, problem: Any) -> Entity 
         return None
     spans = []
     for loc in ann.findall("location"):
-        try:
-            offset, length = int(loc.attrs["offset"]), int(loc.attrs["length"])
-        except (KeyError, ValueError):
+        offset = ascii_int(loc.attrs.get("offset", ""))
+        length = ascii_int(loc.attrs.get("length", ""))
+        if offset is None or length is None:
             problem(loc.line, f"document {doc_id}: annotation {ann_id}: bad location {loc.attrs}")
             return None
         spans.append((offset, offset + length))

@@ -29,9 +29,11 @@ from pydantic import ValidationError
 
 from fedmedlora.data.document import Document, Entity, Relation
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import read_lines, read_text
 from fedmedlora.errors import Problem
 
-_SPAN = re.compile(r"^(\d+) (\d+)$")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, ...).
+_SPAN = re.compile(r"^([0-9]+) ([0-9]+)$")
 _ARG = re.compile(r"^([^:\s]+):(\S+)$")
 
 
@@ -58,6 +60,7 @@ def read_brat(path: str | Path) -> ReadResult:
         result.problems.extend(problems)
         if doc is not None:
             result.documents.append(doc)
+            result.origins[doc.id] = (str(ann), 0)
     return result
 
 
@@ -82,26 +85,22 @@ def _pairs_in(root: Path, result: ReadResult) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def _read_text(path: Path) -> str:
-    # newline="" keeps \r\n as two characters: brat offsets count them.
-    with path.open(encoding="utf-8", newline="") as fh:
-        return fh.read()
-
-
 def read_brat_pair(
     txt_path: str | Path, ann_path: str | Path, doc_id: str | None = None
 ) -> tuple[Document | None, list[Problem]]:
-    """One document from a text file and its annotations, with the problems found."""
+    """One document from a text file and its annotations, with the problems found. A text
+    that is not UTF-8 loses the document (offsets cannot be trusted); an annotation line
+    that is not UTF-8 loses that line only."""
     txt_path, ann_path = Path(txt_path), Path(ann_path)
-    contents = []
-    for p in (txt_path, ann_path):
-        try:
-            contents.append(_read_text(p))
-        except (OSError, UnicodeDecodeError) as exc:
-            return None, [Problem(str(p), 0, f"cannot read: {exc}")]
-    text, ann = contents
-    parser = _AnnParser(str(ann_path), text)
-    parser.parse(ann)
+    problems: list[Problem] = []
+    text = read_text(txt_path, problems, keep_bom_offsets=True)
+    if text is None:
+        return None, problems
+    lines = read_lines(ann_path, problems)
+    if lines is None:
+        return None, problems
+    parser = _AnnParser(str(ann_path), text, problems=problems)
+    parser.parse(lines)
     doc = Document(
         id=doc_id or txt_path.stem,
         text=text,
@@ -144,9 +143,9 @@ class _AnnParser:
         }
         return {k: v for k, v in parts.items() if v}
 
-    def parse(self, ann: str) -> None:
-        # split("\n"), not splitlines(): annotated text may hold \x85, \u2028 and the like.
-        lines = [(n, line.rstrip("\r")) for n, line in enumerate(ann.split("\n"), start=1)]
+    def parse(self, ann_lines: list[str | None]) -> None:
+        # Lines split on "\n" only, not splitlines(): annotated text may hold \x85, \u2028.
+        lines = [(n, line.rstrip("\r")) for n, line in enumerate(ann_lines, start=1) if line]
         later = []
         for n, line in lines:
             if not line.strip():

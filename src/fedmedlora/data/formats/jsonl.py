@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import read_lines
 from fedmedlora.data.schema import Schema
 from fedmedlora.errors import AnnotationError, Problem
 
@@ -56,55 +57,62 @@ def _format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f'unknown field "{loc}"')
+        else:
+            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(parts)
 
 
+def _parse_line(line: str) -> tuple[Document | None, str]:
+    """The document on one line, or None and why not."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    if not isinstance(raw, dict):
+        return None, "a line must be a JSON object"
+    version = raw.pop("schema_version", None)
+    if version != FORMAT_VERSION:
+        return None, f"schema_version must be {FORMAT_VERSION}, got {version!r}"
+    try:
+        return Document.model_validate(raw), ""
+    except ValidationError as exc:
+        return None, _format_validation_error(exc)
+    except RecursionError:
+        return None, "JSON nested too deeply"
+
+
 def read_jsonl(path: str | Path, schema: Schema | None = None) -> ReadResult:
-    """Read every valid line; every invalid one becomes a Problem naming its line."""
+    """Read every valid line; every invalid one (not UTF-8, not JSON, an unknown field, a
+    type `schema` does not allow, ...) becomes a Problem naming its line."""
     path = Path(path)
     result = ReadResult()
     if not path.is_file():
         result.problems.append(Problem(str(path), 0, "file not found"))
         return result
+    lines = read_lines(path, result.problems)
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                result.problems.append(Problem(str(path), lineno, f"not valid JSON: {exc.msg}"))
-                continue
-            if not isinstance(raw, dict):
-                result.problems.append(Problem(str(path), lineno, "a line must be a JSON object"))
-                continue
-            version = raw.pop("schema_version", None)
-            if version != FORMAT_VERSION:
-                result.problems.append(
-                    Problem(
-                        str(path),
-                        lineno,
-                        f"schema_version must be {FORMAT_VERSION}, got {version!r}",
-                    )
-                )
-                continue
-            try:
-                doc = Document.model_validate(raw)
-            except ValidationError as exc:
-                result.problems.append(Problem(str(path), lineno, _format_validation_error(exc)))
-                continue
-            reasons = document_problems(doc, schema)
-            if doc.id in seen:
-                reasons.append(f"document id {doc.id!r} already used on line {seen[doc.id]}")
-            if reasons:
-                result.problems.extend(
-                    Problem(str(path), lineno, f"document {doc.id}: {r}") for r in reasons
-                )
-                continue
-            seen[doc.id] = lineno
-            result.documents.append(doc)
+    for lineno, line in enumerate(lines or [], start=1):
+        if line is None or not line.strip():
+            continue
+        doc, why = _parse_line(line)
+        if doc is None:
+            result.problems.append(Problem(str(path), lineno, why))
+            continue
+        reasons = document_problems(doc, schema)
+        if doc.id in seen:
+            reasons.append(f"document id {doc.id!r} already used on line {seen[doc.id]}")
+        if reasons:
+            result.problems.extend(
+                Problem(str(path), lineno, f"document {doc.id}: {r}") for r in reasons
+            )
+            continue
+        seen[doc.id] = lineno
+        result.origins[doc.id] = (str(path), lineno)
+        result.documents.append(doc)
     return result
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import read_text
 from fedmedlora.errors import Problem
 
 
@@ -17,12 +18,9 @@ def read_text_notes(path: str | Path, site: str = "") -> ReadResult:
     if not files:
         result.problems.append(Problem(str(path), 0, "no .txt files found"))
     for f in files:
-        try:
-            # newline="" keeps \r\n as is, so offsets index the file's own characters.
-            with f.open(encoding="utf-8", newline="") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            result.problems.append(Problem(str(f), 0, f"cannot read as UTF-8 text: {exc}"))
+        # Bytes decoded as is (\r\n kept), so offsets index the file's own characters.
+        text = read_text(f, result.problems)
+        if text is None:
             continue
         result.documents.append(Document(id=f.stem, text=text, site=site, meta={"source": str(f)}))
     return result

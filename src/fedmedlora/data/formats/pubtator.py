@@ -24,6 +24,7 @@ from typing import Any
 
 from fedmedlora.data.document import Document, Entity
 from fedmedlora.data.formats import ReadResult
+from fedmedlora.data.formats.text import ascii_int, read_lines
 from fedmedlora.errors import Problem
 
 _PASSAGE = re.compile(r"^([^|\t]+)\|([ta])\|(.*)$")
@@ -51,13 +52,10 @@ def read_pubtator(path: str | Path) -> ReadResult:
     if not path.is_file():
         result.problems.append(Problem(str(path), 0, "file not found"))
         return result
-    try:
-        with path.open(encoding="utf-8", newline="") as fh:
-            content = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        result.problems.append(Problem(str(path), 0, f"cannot read: {exc}"))
+    lines = read_lines(path, result.problems)
+    if lines is None:
         return result
-    blocks = _blocks(str(path), content, result.problems)
+    blocks = _blocks(str(path), lines, result.problems)
     first_seen: dict[str, _Block] = {}
     for block in blocks:
         earlier = first_seen.get(block.pmid)
@@ -76,23 +74,35 @@ def read_pubtator(path: str | Path) -> ReadResult:
         doc = _document(str(path), block, result.problems)
         if doc is not None:
             result.documents.append(doc)
+            result.origins[doc.id] = (str(path), block.line)
     return result
 
 
-def _blocks(path: str, content: str, problems: list[Problem]) -> list[_Block]:
-    """Group lines by document: a title line or a new PMID starts one."""
+def _blocks(path: str, lines: list[str | None], problems: list[Problem]) -> list[_Block]:
+    """Group lines by document: a title line or a new PMID starts one. An undecodable line
+    (None, already reported) is skipped without ending its document."""
     blocks: list[_Block] = []
     current: _Block | None = None
-    for n, raw in enumerate(content.split("\n"), start=1):
+    for n, raw in enumerate(lines, start=1):
+        if raw is None:
+            continue
         line = raw.rstrip("\r")
         if not line.strip():
             current = None
             continue
         m = _PASSAGE.match(line)
         fields = line.split("\t")
-        is_mention = len(fields) >= 6 and fields[1].isdigit() and fields[2].isdigit()
+        offsets = [ascii_int(f) for f in fields[1:3]]
+        is_mention = len(fields) >= 6 and None not in offsets
+        if not m and len(fields) >= 6 and not is_mention:
+            reason = (
+                f"mention offsets must be whole numbers in ASCII digits, got "
+                f"{fields[1]!r} {fields[2]!r}; skipped"
+            )
+            problems.append(Problem(path, n, reason))
+            continue
         # Relation lines: PMID, type, 1-3 arguments (CID has 2; BioRED adds a novelty flag).
-        is_relation = not m and 3 <= len(fields) <= 5 and not fields[1].strip().isdigit()
+        is_relation = not m and 3 <= len(fields) <= 5 and ascii_int(fields[1]) is None
         if not (m or is_mention or is_relation):
             reason = f"not a PubTator title, abstract, mention or relation line: {line[:60]!r}"
             problems.append(Problem(path, n, reason))
@@ -126,7 +136,8 @@ def _document(path: str, block: _Block, problems: list[Problem]) -> Document | N
     entities: list[Entity] = []
     concepts: dict[str, str] = {}
     for k, (n, fields) in enumerate(block.mentions, start=1):
-        start, end, mention, type_ = int(fields[1]), int(fields[2]), fields[3], fields[4].strip()
+        start, end = int(fields[1]), int(fields[2])  # ASCII digits: checked in _blocks
+        mention, type_ = fields[3], fields[4].strip()
         found = text[start:end]
         if end <= start or end > len(text) or not type_:
             problems.append(

@@ -11,6 +11,7 @@ from fedmedlora.data.formats.bioc import read_bioc
 from fedmedlora.data.formats.brat import read_brat
 from fedmedlora.data.formats.jsonl import read_jsonl
 from fedmedlora.data.formats.pubtator import read_pubtator
+from fedmedlora.data.schema import Schema
 from fedmedlora.errors import ConfigError
 
 READERS: dict[str, Callable[[Path], ReadResult]] = {
@@ -39,7 +40,7 @@ def detect_format(path: str | Path) -> str:
     by_suffix = {".xml": "bioc", ".bioc": "bioc", ".jsonl": "jsonl", ".pubtator": "pubtator"}
     if path.suffix.lower() in by_suffix:
         return by_suffix[path.suffix.lower()]
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with path.open(encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM is no clue
         first = next((line for line in fh if line.strip()), "")
     if _PUBTATOR_TITLE.match(first):
         return "pubtator"
@@ -53,9 +54,12 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_any(path: str | Path, format: str | None = None) -> ReadResult:
+def read_any(
+    path: str | Path, format: str | None = None, schema: Schema | None = None
+) -> ReadResult:
     """Read `path` in `format` (detected when None). Problems inside the files are in the
-    result; an unknown format or a missing path raises ConfigError."""
+    result; an unknown format or a missing path raises ConfigError. JSONL, already in
+    target terms, is checked against `schema` when given."""
     path = Path(path)
     if format is None:
         format = detect_format(path)
@@ -64,4 +68,6 @@ def read_any(path: str | Path, format: str | None = None) -> ReadResult:
         raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory")
+    if format.lower() == "jsonl" and schema is not None:
+        return read_jsonl(path, schema)
     return reader(path)
