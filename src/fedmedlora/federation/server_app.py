@@ -23,6 +23,7 @@ from fedmedlora.evaluation.results import RunRecorder
 from fedmedlora.federation import checkpoint
 from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
+from fedmedlora.federation.replies import CountNames
 from fedmedlora.federation.strategy import FedMedLoRA
 from fedmedlora.model.lora import adapter_bytes, save_adapter
 from fedmedlora.training.recipe import (
@@ -95,6 +96,7 @@ def run_federation(
         screening=fed.screening,
         privacy=fed.privacy,
         population=len(sites),
+        max_site_weight=fed.max_site_weight,
     )
     sent = aggregator.downlink(initial)
     strategy = FedMedLoRA(
@@ -106,6 +108,7 @@ def run_federation(
         num_rounds=fed.rounds,
         on_evaluated=evaluated,
         on_trained=trained,
+        count_names=_count_names(recipe.schema_name),
     )
     recipe_json = recipe.to_json()
     stamp = checkpoint.fingerprint(config.model_dump(mode="json", by_alias=True))
@@ -189,6 +192,14 @@ def run_federation(
         if any("sites" in r for r in results["rounds"]):
             write_report(results, out_dir)
     return results
+
+
+def _count_names(schema_name: str) -> CountNames:
+    """The evaluation counts a site may report: per type of the run's schema."""
+    from fedmedlora.data.schema import load_schema
+
+    schema = load_schema(schema_name)
+    return CountNames.of(schema.entity_types, schema.relation_types)
 
 
 def _server_loss(config: RunConfig, recipe, lm: LoadedModel):
