@@ -201,5 +201,7 @@ def decode_arrays(
             raise InvalidReply(f"{key}: holds {arr.dtype}, not float32")
         if not fits_shape(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
             raise InvalidReply(f"{key}: holds shape {arr.shape}, not the adapter's {shapes[key]}")
+        if not np.isfinite(arr).all():
+            raise InvalidReply(f"{key}: NaN or Inf values")
         out[key] = torch.from_numpy(np.array(arr, copy=True))
     return out
