@@ -53,7 +53,12 @@ def _strategy(method: str = "fedmedlora") -> FedMedLoRA:
         screening=ScreeningSettings(min_updates=1),
     )
     return FedMedLoRA(
-        dict(SHAPES), aggregator=aggregator, min_sites=3, num_rounds=3, count_names=NAMES
+        dict(SHAPES),
+        aggregator=aggregator,
+        min_sites=3,
+        num_rounds=3,
+        count_names=NAMES,
+        sites=[*HONEST.values(), HOSTILE, "eastwood"],
     )
 
 
@@ -196,6 +201,11 @@ TRAIN_CASES: list[tuple[str, Edit, str]] = [
         lambda c: {**c, "site": ConfigRecord({"site": "riverside"})},
         "(site lakeside) claims to be site 'riverside'",
     ),
+    (
+        "unknown-site",
+        lambda c: {**c, "site": ConfigRecord({"site": "intruder"})},
+        "site 'intruder' is not one the run config names",
+    ),
     ("empty", lambda c: {}, "exactly one metric record"),
 ]
 
@@ -307,6 +317,7 @@ def test_a_site_claiming_huge_data_gets_no_more_than_the_cap():
 def test_a_node_answers_for_one_site_only_and_contested_names_bind_to_none():
     strategy = _strategy()
     # Round 0: nodes 3 and 4 both claim northgate first: neither gets it.
+    strategy.sites = None  # any name (as without a run config naming the sites)
     replies = [
         _reply(1, RecordDict(_eval_content("riverside")), "evaluate"),
         _reply(3, RecordDict(_eval_content("northgate")), "evaluate"),

@@ -109,6 +109,7 @@ def run_federation(
         on_evaluated=evaluated,
         on_trained=trained,
         count_names=_count_names(recipe.schema_name),
+        sites=sites,
     )
     recipe_json = recipe.to_json()
     stamp = checkpoint.fingerprint(config.model_dump(mode="json", by_alias=True))

@@ -75,6 +75,7 @@ class FedMedLoRA(FedAvg):
         on_round_end: Callable[[int, ArrayRecord | None], None] | None = None,
         round_offset: int = 0,
         count_names: CountNames | None = None,
+        sites: Iterable[str] | None = None,
     ):
         super().__init__(
             fraction_train=fraction_train,
@@ -111,6 +112,8 @@ class FedMedLoRA(FedAvg):
         self.site_nodes: dict[str, int] = {}
         # The per-type evaluation counts a reply may carry (the schema's types).
         self.count_names = count_names or CountNames()
+        # The site names the run config names (data.sites): no node may answer as another.
+        self.sites = frozenset(sites) if sites is not None else None
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
@@ -183,6 +186,8 @@ class FedMedLoRA(FedAvg):
         if len(content.config_records) != 1 or site_rec is None or SITE not in site_rec:
             raise InvalidReply("no site name")
         site = str(site_rec[SITE])
+        if self.sites is not None and site not in self.sites:
+            raise InvalidReply(f"site {site!r} is not one the run config names")
         metrics = next(iter(content.metric_records.values()))
         if not train:
             return Reply(site, node, check_eval_metrics(metrics, self.count_names))
