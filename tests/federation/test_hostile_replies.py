@@ -361,3 +361,13 @@ def test_an_exception_inside_aggregation_skips_the_round_and_keeps_the_adapter(m
         for r in strategy.rejected
     )
     assert 1 not in strategy.train_metrics  # results.json lists it under skipped_rounds
+
+
+def test_a_first_reply_that_fails_names_the_site_it_claims():
+    strategy = _strategy()
+    reply = _reply(
+        7, RecordDict(_eval_content(HOSTILE, **{"entity/strict/drug/tp": -1})), "evaluate"
+    )
+    strategy.aggregate_evaluate(0, [reply])
+    assert strategy.rejected[0].startswith("round 0 evaluate: node 7 (claims site lakeside): ")
+    assert "lakeside" not in strategy.site_nodes  # a refused reply binds nothing

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from logging import WARNING
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -38,7 +38,7 @@ from fedmedlora.federation.messages import (
 )
 from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted
 from fedmedlora.federation.methods.screening import NotEnoughSites
-from fedmedlora.federation.privacy import EgressViolation, check_reply
+from fedmedlora.federation.privacy import ALLOWED_CONFIG, EgressViolation, check_reply
 from fedmedlora.federation.replies import (
     CountNames,
     InvalidReply,
@@ -137,9 +137,19 @@ class FedMedLoRA(FedAvg):
         log(WARNING, reason)
         self.rejected.append(reason)
 
-    def _who(self, node: int) -> str:
+    def _who(self, node: int, content: RecordDict | None = None) -> str:
+        """The node and its site: the one it is bound to, else the one it claims (when the
+        claim is a well-formed name; it is not trusted either way)."""
         site = self.node_sites.get(node)
-        return f"site {site} (node {node})" if site else f"node {node}"
+        if site:
+            return f"site {site} (node {node})"
+        try:
+            claimed = str(content.config_records[SITE][SITE]) if content is not None else ""
+        except Exception:  # a reply with no (readable) site name
+            claimed = ""
+        if ALLOWED_CONFIG[SITE].match(claimed):
+            return f"node {node} (claims site {claimed})"
+        return f"node {node}"
 
     def _report_missing(self, server_round: int, phase: str, replies: list[Message]) -> None:
         """Flower drops a reply that did not come within the round's timeout (a site that
@@ -159,7 +169,8 @@ class FedMedLoRA(FedAvg):
         checked: list[Reply] = []
         for msg in replies:
             node = msg.metadata.src_node_id
-            where = f"round {server_round} {phase}: {self._who(node)}"
+            content = None if msg.has_error() else msg.content
+            where = f"round {server_round} {phase}: {self._who(node, content)}"
             if msg.has_error():
                 self._reject(f"{where}: failed: {msg.error.reason}")
                 continue
