@@ -371,3 +371,13 @@ def test_a_first_reply_that_fails_names_the_site_it_claims():
     strategy.aggregate_evaluate(0, [reply])
     assert strategy.rejected[0].startswith("round 0 evaluate: node 7 (claims site lakeside): ")
     assert "lakeside" not in strategy.site_nodes  # a refused reply binds nothing
+
+
+def test_a_round_with_no_usable_reply_is_skipped_and_says_so():
+    strategy = _strategy()
+    strategy.current = dict(INITIAL)
+    bad = _train_content(FAR, HOSTILE, **{"num-examples": -1})
+    assert strategy.aggregate_train(1, [_reply(HOSTILE_NODE, RecordDict(bad))]) == (None, None)
+    assert (
+        strategy.rejected[-1] == "round 1 skipped, the global adapter kept: no reply could be used"
+    )

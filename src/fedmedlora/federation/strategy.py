@@ -270,17 +270,23 @@ class FedMedLoRA(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         replies = self._count(server_round, "train", "up", replies)
+        before = len(self.rejected)
         accepted = self._accepted(server_round, replies, train=True)
+        skipped = f"round {server_round} skipped, the global adapter kept"
         if not accepted:
+            self._reject(f"{skipped}: no reply could be used")
             return None, None
         updates = [
             SiteUpdate(r.site, r.state or {}, r.metrics[NUM_EXAMPLES], r.metrics) for r in accepted
         ]
         assert self.current is not None, "configure_train runs before aggregate_train"
-        skipped = f"round {server_round} skipped, the global adapter kept"
         try:
             aggregated = self.aggregator.aggregate(server_round, self.current, updates)
-        except (NotEnoughSites, PrivacyBudgetExhausted) as exc:
+        except NotEnoughSites as exc:  # say why the others were left out, too
+            earlier = "".join(f"; left out before: {r}" for r in self.rejected[before:])
+            self._reject(f"{skipped}: {exc}{earlier}")
+            return None, None
+        except PrivacyBudgetExhausted as exc:
             self._reject(f"{skipped}: {exc}")
             return None, None
         except Exception as exc:  # no method's failure may end the run
