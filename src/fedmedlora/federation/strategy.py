@@ -290,6 +290,7 @@ class FedMedLoRA(FedAvg):
             self._reject(f"{skipped}: {exc}")
             return None, None
         except Exception as exc:  # no method's failure may end the run
+            self.aggregator.weights_log.pop(server_round, None)  # no weights were used
             self._reject(f"{skipped}: aggregation failed: {type(exc).__name__}: {exc}")
             return None, None
         finally:
@@ -297,6 +298,7 @@ class FedMedLoRA(FedAvg):
                 self._reject(f"round {server_round}: left out {why}")
         bad = [k for k, v in aggregated.items() if not bool(torch.isfinite(v).all())]
         if bad:
+            self.aggregator.weights_log.pop(server_round, None)
             self._reject(f"{skipped}: the aggregate is not finite (e.g. {bad[0]})")
             return None, None
         weights = self.aggregator.weights_log[server_round]
