@@ -238,6 +238,13 @@ class FederationSettings(_Strict):
     evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
     evaluate_zero_shot: bool = True
     timeout_s: float = Field(3600, gt=0)
+    max_site_weight: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="cap on one site's share of the aggregate, renormalised "
+        "(default: 0.5 with 3 or more sites in a round, none with fewer; docs/robustness.md)",
+    )
 
 
 class SimulationSettings(_Strict):

@@ -181,3 +181,50 @@ def test_differential_privacy_is_accounted_round_by_round_and_capped():
     capped.aggregate(2, current, updates)
     with pytest.raises(PrivacyBudgetExhausted, match="max_epsilon"):
         capped.aggregate(3, current, updates)
+
+
+@pytest.mark.parametrize("method", ["fedmedlora", "fedmedlora+", "norm-clip", "exact", "fedavgm"])
+def test_no_site_gets_more_than_max_site_weight_whatever_it_claims(method):
+    """One site claims 10^8 examples (or, under Fed-MedLoRA+, a far lower validation
+    loss): its weight is capped at 0.5 by default with 3 or more sites."""
+    g = torch.Generator().manual_seed(5)
+    current = _state(g, 1.0)
+    updates = [
+        SiteUpdate(f"s{i}", _state(g, 0.1, current), n, {"val-loss": loss})
+        for i, (n, loss) in enumerate([(10**8, 0.0), (10, 5.0), (30, 5.0), (20, 5.0)])
+    ]
+    agg = _aggregator(method)
+    agg.aggregate(1, current, updates)
+    weights = agg.weights_log[1]
+    assert weights["s0"] == pytest.approx(0.5)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    if method != "fedmedlora+":  # the others keep their example proportions
+        assert weights["s2"] == pytest.approx(3 * weights["s1"])
+
+
+def test_max_site_weight_is_a_setting_and_two_sites_are_not_capped_by_default():
+    g = torch.Generator().manual_seed(6)
+    current = _state(g, 1.0)
+    two = [
+        SiteUpdate("a", _state(g, 0.1, current), 90),
+        SiteUpdate("b", _state(g, 0.1, current), 10),
+    ]
+    agg = _aggregator()
+    agg.aggregate(1, current, two)
+    assert agg.weights_log[1] == pytest.approx({"a": 0.9, "b": 0.1})
+    agg.max_site_weight = 0.6
+    agg.aggregate(2, current, two)
+    assert agg.weights_log[2] == pytest.approx({"a": 0.6, "b": 0.4})
+
+
+def test_multi_krum_caps_the_weights_of_the_updates_it_selects():
+    g = torch.Generator().manual_seed(7)
+    current = _state(g, 1.0)
+    true = _state(g, 1.0)
+    honest = _honest(g, current, true, 5, 0.1)
+    honest[0].num_examples = 10**8
+    agg = _aggregator("multi-krum", krum_f=1)
+    agg.aggregate(1, current, honest)
+    weights = agg.weights_log[1]
+    assert weights["h0"] == pytest.approx(0.5)  # selected, and capped among the selected
+    assert sum(weights.values()) == pytest.approx(1.0)

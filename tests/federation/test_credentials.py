@@ -154,3 +154,28 @@ def test_cli_keeps_a_handed_in_public_key_registers_it_and_brackets_ipv6(tmp_pat
     assert f"flwr supernode register {tmp_path / 'study' / 'west.pub'}" in result.output
     assert "--superlink [::1]:9092" in result.output
     assert server_hosts(tmp_path / "study" / "server.pem") == ["::1"]
+
+
+@pytest.mark.parametrize("site", ["ca", "server", "CA", "Server"])
+def test_reserved_site_names_are_refused_and_nothing_is_overwritten(tmp_path, site):
+    create_credentials(tmp_path, ["localhost"], ["west"])
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError, match=f"site name '{site}' is reserved"):
+        create_credentials(tmp_path, ["localhost"], ["east", site])
+    assert _snapshot(tmp_path) == before  # the CA's and the SuperLink's keys untouched
+    with pytest.raises(ConfigError, match="is reserved"):
+        create_credentials(tmp_path / "fresh", ["localhost"], [site])
+    assert not (tmp_path / "fresh").exists()
+    result = CliRunner().invoke(
+        app, ["deploy", "credentials", "--out", str(tmp_path), "--host", "localhost",
+              "--site", site],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "is reserved" in result.output
+    assert "Traceback" not in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_site_names_that_differ_only_in_case_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="differ only in case"):
+        create_credentials(tmp_path, ["localhost"], ["west", "West"])
+    assert not tmp_path.joinpath("west.key").exists()

@@ -39,7 +39,11 @@ def test_adapter_and_numbers_pass():
         ),
         (
             RecordDict({"arrays": _arrays(**{"a.lora_A.weight": np.arange(8).reshape(2, 4)})}),
-            "not a float tensor",
+            "not float32",
+        ),
+        (
+            RecordDict({"arrays": _arrays(**{"a.lora_A.weight": np.zeros((2, 4), np.float64)})}),
+            "not float32",
         ),
         (
             RecordDict({"arrays": _arrays(**{"input_ids": np.zeros((1, 5), np.float32)})}),

@@ -3,6 +3,7 @@ tested and reused on their own."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -38,3 +39,34 @@ def weighted_average(states: Sequence[State], weights: Sequence[float]) -> dict[
             acc += s[key].to(torch.float64) * (w / total)
         out[key] = acc.to(states[0][key].dtype)
     return out
+
+
+def cap_weights(weights: Sequence[float], cap: float) -> list[float]:
+    """`weights` normalised to sum to 1 with none above `cap` (`federation.max_site_weight`).
+
+    The excess of a capped weight goes to the others in proportion to their weights; that
+    can lift another one over the cap, so it is repeated (water-filling) until none is
+    above it, at most once per weight. Only positive weights share the excess: a site its
+    method gave nothing (a Krum reject) stays at 0. When the k positive weights cannot
+    all stay under the cap (k·cap <= 1) they become equal, 1/k each, the nearest to it.
+    Hand-written: it is ten lines, and no maintained library has it.
+    """
+    w = [float(x) for x in weights]
+    if not w or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be finite, non-negative with a positive sum, got {w}")
+    if not (math.isfinite(cap) and 0 < cap <= 1):
+        raise ValueError(f"cap must be in (0, 1], got {cap}")
+    total = math.fsum(w)
+    p = [x / total for x in w]
+    positive = [i for i, x in enumerate(p) if x > 0]
+    if len(positive) * cap <= 1:
+        return [1 / len(positive) if x > 0 else 0.0 for x in p]
+    capped: set[int] = set()
+    while True:
+        free = [i for i in positive if i not in capped]
+        share = (1 - cap * len(capped)) / math.fsum(p[i] for i in free)
+        out = [cap if i in capped else p[i] * share for i in range(len(p))]
+        over = {i for i in free if out[i] > cap}
+        if not over:
+            return out
+        capped |= over

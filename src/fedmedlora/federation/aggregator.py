@@ -17,6 +17,9 @@ adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replie
 
 Before any of these, every reply is screened (methods/screening.py): NaN/Inf, wrong keys
 or shapes, or an update norm far above the others' leave that site out of the round.
+The weights (example counts, Fed-MedLoRA+ scores) are then capped at
+`federation.max_site_weight` and renormalised (`aggregation.cap_weights`): they rest on
+the sites' own claims, and no site may take the aggregate over by inflating them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedmedlora.config import AggregationSettings, PrivacySettings, ScreeningSettings
-from fedmedlora.federation.aggregation import State, weighted_average
+from fedmedlora.federation.aggregation import State, cap_weights, weighted_average
 from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, dp_average
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
@@ -39,6 +42,9 @@ from fedmedlora.federation.methods.robust import robust_aggregate
 from fedmedlora.federation.methods.screening import require_sites, screen_updates
 from fedmedlora.model.lora import LoraSettings
 
+# `federation.max_site_weight` when not set: with 3 or more sites in a round no site may
+# outweigh all the others together; with 2 the cap would only mean equal weights.
+DEFAULT_MAX_SITE_WEIGHT = 0.5
 SERVER_OPTIMIZERS = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01}  # default server lr
 ROBUST = {"median": "median", "trimmed-mean": "trimmed_mean", "multi-krum": "multi_krum",
           "norm-clip": "norm_clip"}  # fmt: skip
@@ -70,6 +76,13 @@ class Aggregator:
     population: int = 1  # sites that may take part (the accountant's population)
     # round -> epsilon, delta, noise std, clipped updates (differential privacy)
     privacy_log: dict[int, dict[str, float]] = field(default_factory=dict)
+    max_site_weight: float | None = None  # federation.max_site_weight
+
+    def site_cap(self, sites: int) -> float:
+        """The largest share one of `sites` weighted updates may get (see cap_weights)."""
+        if self.max_site_weight is not None:
+            return self.max_site_weight
+        return DEFAULT_MAX_SITE_WEIGHT if sites >= 3 else 1.0
 
     def __post_init__(self) -> None:
         m = self.settings
@@ -198,6 +211,8 @@ class Aggregator:
             weights = plus_weights(
                 losses, counts, self.settings.temperature, self.settings.size_mix
             )
+        # Counts and losses are the sites' own claims: none may take over the aggregate.
+        weights = cap_weights(weights, self.site_cap(len(updates)))
         self.weights_log[server_round] = {u.site: w for u, w in zip(updates, weights, strict=True)}
         return weights
 
@@ -228,17 +243,19 @@ class Aggregator:
         weights = self.weights(server_round, updates)
         states = [u.state for u in updates]
         if self.method in ROBUST:
+            params = self._robust_params()
+            if self.method == "multi-krum":  # the cap holds among the selected updates too
+                averaged = self.settings.krum_m or len(updates) - self.settings.krum_f
+                params["max_weight"] = self.site_cap(averaged)
             aggregated, info = robust_aggregate(
-                current, states, weights, ROBUST[self.method], **self._robust_params()
+                current, states, weights, ROBUST[self.method], **params
             )
             if self.method in ("median", "trimmed-mean"):  # every site counts alike
                 self.weights_log[server_round] = {u.site: 1 / len(updates) for u in updates}
             if "selected" in info:  # multi-krum: only the selected sites count
-                chosen = {updates[i].site for i in info["selected"]}
-                logged = self.weights_log[server_round]
-                total = sum(w for s, w in logged.items() if s in chosen)
+                chosen = dict(zip(info["selected"], info["selected_weights"], strict=True))
                 self.weights_log[server_round] = {
-                    s: (w / total if s in chosen else 0.0) for s, w in logged.items()
+                    u.site: chosen.get(i, 0.0) for i, u in enumerate(updates)
                 }
             return aggregated
         if self.method == "ffa" and self.accountant is None:

@@ -14,7 +14,8 @@ keys), so a credential already handed out stays valid. What is kept is checked f
 match their certificates, the SuperLink's certificate was issued by the study CA and has not
 expired, key files parse) and nothing is written unless all of it holds. `ca.key` is needed
 only to issue the SuperLink's certificate: keep it offline afterwards. A site that made its
-own key pair hands in only `<site>.pub`; that is kept as it is.
+own key pair hands in only `<site>.pub`; that is kept as it is. The site names `ca` and
+`server` are refused: their key files would be the CA's and the SuperLink's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmedlora.errors import ConfigError
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A site's files are `<site>.key`/`<site>.pub` beside the study's own: these names would
+# be the CA's or the SuperLink's key. Compared case-blind, as macOS and Windows name files.
+RESERVED_SITE_NAMES = ("ca", "server")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 VALID_DAYS = 825  # the longest validity common TLS clients accept for a server cert
@@ -85,6 +89,9 @@ def _write(path: Path, data: bytes, private: bool) -> None:
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), mode)  # the umask may have narrowed a public file's mode
         f.write(data)
+    if path.exists():  # never reached by design (kept files are read, not written): a guard
+        tmp.unlink()
+        raise ConfigError(f"credentials: {path} appeared while writing; not overwritten")
     os.replace(tmp, path)
 
 
@@ -279,9 +286,20 @@ def create_credentials(out: Path, hosts: list[str], sites: list[str]) -> Credent
     if not hosts:
         raise ConfigError("credentials: name at least one host the SuperLink is reached at")
     hosts = [_check_host(h) for h in hosts]
+    seen: dict[str, str] = {}
     for site in sites:
         if not SITE_NAME.match(site):
             raise ConfigError(f"credentials: site name {site!r} must match [A-Za-z0-9_.-]+")
+        if site.lower() in RESERVED_SITE_NAMES:
+            raise ConfigError(
+                f"credentials: site name {site!r} is reserved ({site}.key would be the "
+                f"{'CA' if site.lower() == 'ca' else 'SuperLink'}'s key); choose another name"
+            )
+        if seen.setdefault(site.lower(), site) != site:
+            raise ConfigError(
+                f"credentials: site names {seen[site.lower()]!r} and {site!r} differ only in "
+                "case, and would be one file on macOS and Windows"
+            )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"credentials: {out} is a file; --out must be a folder")
 

@@ -1,6 +1,6 @@
 """What may cross a site's boundary, checked on both sides.
 
-A site's reply may carry only: the adapter tensors (float arrays under the adapter's own
+A site's reply may carry only: the adapter tensors (float32 arrays under the adapter's own
 keys and shapes), numeric metrics (counts, losses, timings) and its site name. No text,
 no token ids, no per-document records. The client checks before sending; the server
 checks again before using a reply, and rejects anything else.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedmedlora.federation.methods.lora_pairs import fits_shape
@@ -63,5 +62,7 @@ def _check_arrays(
         arr = record[key]
         if not fits_shape(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
             raise EgressViolation(f"{key}: shape {arr.shape} is not the adapter's {shapes[key]}")
-        if not np.issubdtype(np.dtype(arr.dtype), np.floating):
-            raise EgressViolation(f"{key}: dtype {arr.dtype} is not a float tensor")
+        # float32 is what `messages.to_record` sends; anything else is not the adapter as
+        # sent (float16 loses it, float64 or ints are another kind of payload).
+        if str(arr.dtype) != "float32":
+            raise EgressViolation(f"{key}: dtype {arr.dtype} is not float32, the adapter's dtype")

@@ -24,6 +24,7 @@ from fedmedlora.evaluation.tracking import Tracking, flatten
 from fedmedlora.federation import checkpoint
 from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
+from fedmedlora.federation.replies import CountNames
 from fedmedlora.federation.strategy import FedMedLoRA
 from fedmedlora.model.lora import adapter_bytes, save_adapter
 from fedmedlora.training.recipe import (
@@ -94,6 +95,7 @@ def run_federation(
         screening=fed.screening,
         privacy=fed.privacy,
         population=len(sites),
+        max_site_weight=fed.max_site_weight,
     )
     sent = aggregator.downlink(initial)
     strategy = FedMedLoRA(
@@ -105,6 +107,8 @@ def run_federation(
         num_rounds=fed.rounds,
         on_evaluated=evaluated,
         on_trained=trained,
+        count_names=_count_names(recipe.schema_name),
+        sites=sites,
     )
     recipe_json = recipe.to_json()
     # Tracking may be switched on or off when resuming: it is not part of the run's identity.
@@ -210,6 +214,14 @@ def run_federation(
             tracking.finish(status, [*(out_dir / n for n in names), *pngs])
             recorder.note("tracking", tracking.state())
     return results
+
+
+def _count_names(schema_name: str) -> CountNames:
+    """The evaluation counts a site may report: per type of the run's schema."""
+    from fedmedlora.data.schema import load_schema
+
+    schema = load_schema(schema_name)
+    return CountNames.of(schema.entity_types, schema.relation_types)
 
 
 def _server_loss(config: RunConfig, recipe, lm: LoadedModel):

@@ -1,19 +1,27 @@
 """Fed-MedLoRA as a Flower strategy: FedAvg's sampling and messaging, plus
 
-- every reply checked against the egress rules before use (privacy.check_reply),
+- every reply checked against the egress rules (privacy.check_reply) and every field of
+  it for sense (replies.py) before use; a reply that fails is left out of its round,
+- each site name bound to the first node that answers as it, for the whole run,
 - aggregation by the configured method (`aggregator.Aggregator`, pure tensor code;
   Fed-MedLoRA's weighted average by default),
 - per-site evaluation kept (FedAvg would average metrics away), as metric counts,
-- the wire size of every message, down and up, per round.
+- the wire size of every message, down and up, per round,
+- a round whose aggregation fails for any reason skipped, the global adapter kept.
+
+Everything left out is logged with round, site and reason, and kept in `rejected` (which
+results.json records as `rejected_replies`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -30,9 +38,26 @@ from fedmedlora.federation.messages import (
 )
 from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted
 from fedmedlora.federation.methods.screening import NotEnoughSites
-from fedmedlora.federation.privacy import EgressViolation, check_reply
+from fedmedlora.federation.privacy import ALLOWED_CONFIG, EgressViolation, check_reply
+from fedmedlora.federation.replies import (
+    CountNames,
+    InvalidReply,
+    check_eval_metrics,
+    check_train_metrics,
+    decode_arrays,
+)
 
 NUM_EXAMPLES = "num-examples"
+
+
+@dataclass
+class Reply:
+    """A reply that passed every check, decoded."""
+
+    site: str
+    node: int
+    metrics: dict[str, float]
+    state: dict[str, torch.Tensor] | None = None
 
 
 class FedMedLoRA(FedAvg):
@@ -49,6 +74,8 @@ class FedMedLoRA(FedAvg):
         on_trained: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
         on_round_end: Callable[[int, ArrayRecord | None], None] | None = None,
         round_offset: int = 0,
+        count_names: CountNames | None = None,
+        sites: Iterable[str] | None = None,
     ):
         super().__init__(
             fraction_train=fraction_train,
@@ -79,7 +106,14 @@ class FedMedLoRA(FedAvg):
         self.rejected: list[str] = []
         # (round, phase) -> nodes a message went to; node -> the site it answered as
         self.awaiting: dict[tuple[int, str], set[int]] = {}
+        # Each site name is bound to the node that first answered as it (and the reverse)
+        # for the whole run: no node can answer for another site, or change its name.
         self.node_sites: dict[int, str] = {}
+        self.site_nodes: dict[str, int] = {}
+        # The per-type evaluation counts a reply may carry (the schema's types).
+        self.count_names = count_names or CountNames()
+        # The site names the run config names (data.sites): no node may answer as another.
+        self.sites = frozenset(sites) if sites is not None else None
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
@@ -103,9 +137,19 @@ class FedMedLoRA(FedAvg):
         log(WARNING, reason)
         self.rejected.append(reason)
 
-    def _who(self, node: int) -> str:
+    def _who(self, node: int, content: RecordDict | None = None) -> str:
+        """The node and its site: the one it is bound to, else the one it claims (when the
+        claim is a well-formed name; it is not trusted either way)."""
         site = self.node_sites.get(node)
-        return f"site {site} (node {node})" if site else f"node {node}"
+        if site:
+            return f"site {site} (node {node})"
+        try:
+            claimed = str(content.config_records[SITE][SITE]) if content is not None else ""
+        except Exception:  # a reply with no (readable) site name
+            claimed = ""
+        if ALLOWED_CONFIG[SITE].match(claimed):
+            return f"node {node} (claims site {claimed})"
+        return f"node {node}"
 
     def _report_missing(self, server_round: int, phase: str, replies: list[Message]) -> None:
         """Flower drops a reply that did not come within the round's timeout (a site that
@@ -118,38 +162,90 @@ class FedMedLoRA(FedAvg):
                 "timeout (federation.timeout_s), left out"
             )
 
-    def _accepted(
-        self, server_round: int, replies: Iterable[Message], train: bool
-    ) -> list[tuple[str, Message]]:
-        """(site, reply) for replies that carry no error and pass the egress check."""
+    def _accepted(self, server_round: int, replies: Iterable[Message], train: bool) -> list[Reply]:
+        """The replies that carry no error, pass the egress check and every field check,
+        and come from the node their site name is bound to; the others are rejected."""
         phase = "train" if train else "evaluate"
-        good: list[tuple[str, Message]] = []
+        checked: list[Reply] = []
         for msg in replies:
             node = msg.metadata.src_node_id
-            where = f"round {server_round} {phase}: {self._who(node)}"
+            content = None if msg.has_error() else msg.content
+            where = f"round {server_round} {phase}: {self._who(node, content)}"
             if msg.has_error():
                 self._reject(f"{where}: failed: {msg.error.reason}")
                 continue
             try:
-                check_reply(
-                    msg.content,
-                    self.adapter_shapes if train else None,
-                    lower_rank=self.aggregator.method == "exact",
-                )
-                if len(msg.content.metric_records) != 1:
-                    raise EgressViolation("expected exactly one metric record")
-                if train and len(msg.content.array_records) != 1:
-                    raise EgressViolation("expected exactly one array record")
-            except EgressViolation as exc:
+                reply = self._check(node, msg.content, train)
+            except (EgressViolation, InvalidReply) as exc:
                 self._reject(f"{where}: rejected reply: {exc}")
                 continue
-            site_rec = msg.content.config_records.get(SITE)
-            site = str(site_rec[SITE]) if site_rec else f"node-{node}"
-            if any(site == seen for seen, _ in good):
-                self._reject(f"{where}: a second reply for site {site!r}, left out")
+            except Exception as exc:  # anything else a crafted reply may raise
+                self._reject(f"{where}: rejected reply: unreadable ({type(exc).__name__}: {exc})")
                 continue
-            self.node_sites[node] = site
-            good.append((site, msg))
+            checked.append(reply)
+        return self._bound(server_round, phase, checked)
+
+    def _check(self, node: int, content, train: bool) -> Reply:
+        """The reply decoded, or EgressViolation / InvalidReply saying what is wrong."""
+        lower_rank = self.aggregator.method == "exact"
+        check_reply(content, self.adapter_shapes if train else None, lower_rank=lower_rank)
+        if len(content.metric_records) != 1:
+            raise EgressViolation("expected exactly one metric record")
+        if train and len(content.array_records) != 1:
+            raise EgressViolation("expected exactly one array record")
+        site_rec = content.config_records.get(SITE)
+        if len(content.config_records) != 1 or site_rec is None or SITE not in site_rec:
+            raise InvalidReply("no site name")
+        site = str(site_rec[SITE])
+        if self.sites is not None and site not in self.sites:
+            raise InvalidReply(f"site {site!r} is not one the run config names")
+        metrics = next(iter(content.metric_records.values()))
+        if not train:
+            return Reply(site, node, check_eval_metrics(metrics, self.count_names))
+        settings = self.aggregator.settings
+        needs = settings.method == "fedmedlora+" and settings.validation == "sites"
+        checked = check_train_metrics(metrics, needs_val_loss=needs)
+        arrays = next(iter(content.array_records.values()))
+        state = decode_arrays(arrays, self.adapter_shapes, lower_rank=lower_rank)
+        return Reply(site, node, checked, state)
+
+    def _bound(self, server_round: int, phase: str, replies: list[Reply]) -> list[Reply]:
+        """The replies whose node holds the site name they claim, binding free names.
+
+        A name held by another node, or a node that answered as another site before, is
+        refused and named. Two nodes claiming a free name in the same round are both
+        refused: nothing tells which one is the site, so neither gets the name yet.
+        """
+        good: list[Reply] = []
+        claims: defaultdict[str, list[Reply]] = defaultdict(list)
+        for r in replies:
+            where = f"round {server_round} {phase}: node {r.node}"
+            held_by, was = self.site_nodes.get(r.site), self.node_sites.get(r.node)
+            if was is not None and was != r.site:
+                self._reject(
+                    f"{where} (site {was}) claims to be site {r.site!r}: refused, a node "
+                    "keeps its site name for the whole run"
+                )
+            elif held_by is not None and held_by != r.node:
+                self._reject(
+                    f"{where} claims site {r.site!r}, which node {held_by} holds for this "
+                    "run: refused"
+                )
+            elif any(c.node == r.node for c in claims[r.site]):
+                self._reject(f"{where}: a second reply for site {r.site!r}, left out")
+            else:
+                claims[r.site].append(r)
+        for site, group in claims.items():
+            if len(group) > 1:
+                nodes = ", ".join(str(r.node) for r in group)
+                self._reject(
+                    f"round {server_round} {phase}: site {site!r} claimed by nodes {nodes} "
+                    "at once: all refused (the name is bound to none of them yet)"
+                )
+                continue
+            self.site_nodes[site] = group[0].node
+            self.node_sites[group[0].node] = site
+            good.append(group[0])
         return good
 
     # --- training ---------------------------------------------------------------------
@@ -174,29 +270,37 @@ class FedMedLoRA(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         replies = self._count(server_round, "train", "up", replies)
+        before = len(self.rejected)
         accepted = self._accepted(server_round, replies, train=True)
+        skipped = f"round {server_round} skipped, the global adapter kept"
         if not accepted:
+            self._reject(f"{skipped}: no reply could be used")
             return None, None
-        updates = []
-        for site, msg in accepted:
-            metrics = msg.content.metric_records[next(iter(msg.content.metric_records))]
-            updates.append(
-                SiteUpdate(
-                    site,
-                    from_record(msg.content.array_records[next(iter(msg.content.array_records))]),
-                    float(metrics[NUM_EXAMPLES]),
-                    {k: float(v) for k, v in metrics.items() if not isinstance(v, list)},
-                )
-            )
+        updates = [
+            SiteUpdate(r.site, r.state or {}, r.metrics[NUM_EXAMPLES], r.metrics) for r in accepted
+        ]
         assert self.current is not None, "configure_train runs before aggregate_train"
         try:
             aggregated = self.aggregator.aggregate(server_round, self.current, updates)
-        except (NotEnoughSites, PrivacyBudgetExhausted) as exc:
-            self._reject(f"round {server_round} skipped, the global adapter kept: {exc}")
+        except NotEnoughSites as exc:  # say why the others were left out, too
+            earlier = "".join(f"; left out before: {r}" for r in self.rejected[before:])
+            self._reject(f"{skipped}: {exc}{earlier}")
+            return None, None
+        except PrivacyBudgetExhausted as exc:
+            self._reject(f"{skipped}: {exc}")
+            return None, None
+        except Exception as exc:  # no method's failure may end the run
+            self.aggregator.weights_log.pop(server_round, None)  # no weights were used
+            self._reject(f"{skipped}: aggregation failed: {type(exc).__name__}: {exc}")
             return None, None
         finally:
             for why in self.aggregator.screened_out.get(server_round, []):
                 self._reject(f"round {server_round}: left out {why}")
+        bad = [k for k, v in aggregated.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            self.aggregator.weights_log.pop(server_round, None)
+            self._reject(f"{skipped}: the aggregate is not finite (e.g. {bad[0]})")
+            return None, None
         weights = self.aggregator.weights_log[server_round]
         per_site = {
             u.site: {**u.metrics, "aggregation-weight": weights.get(u.site, 0.0)} for u in updates
@@ -253,10 +357,9 @@ class FedMedLoRA(FedAvg):
             return None
         per_site: dict[str, Scores] = {}
         micro = Scores()
-        for site, msg in accepted:
-            metrics = msg.content.metric_records[next(iter(msg.content.metric_records))]
-            scores = Scores.from_counts(dict(metrics))
-            per_site[site] = scores
+        for r in accepted:
+            scores = Scores.from_counts(r.metrics)
+            per_site[r.site] = scores
             micro += scores
         if self.on_evaluated:
             self.on_evaluated(server_round, per_site)

@@ -22,8 +22,9 @@ Weights: `median` and `trimmed_mean` ignore them (unweighted, as analysed in Yin
 al.): example counts are the sites' own claims, and a hostile site would inflate its
 count to win every coordinate. `multi_krum` averages the selected updates with their
 weights (renormalised over the selection), `norm_clip` all clipped updates: a forged
-weight then moves the result only within the selection, or by at most τ. Cap or fix the
-weights outside if the sites' counts are not trusted.
+weight then moves the result only within the selection, or by at most τ. The aggregator
+also caps every weight at `federation.max_site_weight` (`aggregation.cap_weights`;
+`multi_krum` again over its selection), since the counts are the sites' own claims.
 
 Distances and norms are over the whole adapter (all keys, as one flat vector), the
 coordinate-wise methods go key by key. All states must have the global's keys and
@@ -41,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from fedmedlora.federation.aggregation import State
+from fedmedlora.federation.aggregation import State, cap_weights
 
 RobustMethod = Literal["median", "trimmed_mean", "multi_krum", "norm_clip"]
 Deltas = list[dict[str, torch.Tensor]]
@@ -164,9 +165,16 @@ def krum_scores(deltas: Deltas, f: int) -> list[float]:
 
 
 def multi_krum(
-    deltas: Deltas, weights: Sequence[float], *, f: int, m: int | None = None
+    deltas: Deltas,
+    weights: Sequence[float],
+    *,
+    f: int,
+    m: int | None = None,
+    max_weight: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The weighted mean of the m updates with the lowest Krum scores (ties: lower index)."""
+    """The weighted mean of the m updates with the lowest Krum scores (ties: lower index),
+    their weights renormalised over the selection and capped at `max_weight`
+    (`aggregation.cap_weights`)."""
     n = len(deltas)
     scores = krum_scores(deltas, f)
     m = n - f if m is None else m
@@ -174,11 +182,14 @@ def multi_krum(
         raise ValueError(f"multi_krum: m must be in [1, n - f] = [1, {n - f}], got {m}")
     order = sorted(range(n), key=lambda i: (scores[i], i))
     selected = order[:m]
-    total = float(sum(weights[i] for i in selected))
-    if total <= 0:
+    if float(sum(weights[i] for i in selected)) <= 0:
         raise ValueError(f"multi_krum: the selected updates {selected} all have weight 0")
-    out = {key: sum(deltas[i][key] * (weights[i] / total) for i in selected) for key in deltas[0]}
-    return out, {"selected": selected, "scores": scores}
+    share = cap_weights([weights[i] for i in selected], max_weight)
+    out = {
+        key: sum(deltas[i][key] * w for i, w in zip(selected, share, strict=True))
+        for key in deltas[0]
+    }
+    return out, {"selected": selected, "scores": scores, "selected_weights": share}
 
 
 def norm_clipped_mean(
