@@ -7,17 +7,27 @@ in simulation, where their data is), which the server sends them with each messa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from fedmedlora.errors import ConfigError
+from fedmedlora.errors import ConfigError, ConfigProblems, Problem
 from fedmedlora.evaluation.inference import GenerationSettings
 from fedmedlora.evaluation.tracking import TrackingSettings
+from fedmedlora.model.loading import PRECISIONS, check_device_name
 from fedmedlora.model.lora import LoraSettings
 from fedmedlora.training.loop import TrainSettings
+from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line
 
 
 class _Strict(BaseModel):
@@ -31,6 +41,18 @@ class ModelSettings(_Strict):
     task: Literal["generative", "tagging"] = "generative"
     precision: str = "auto"
     device: str = "auto"
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device_name(value)
 
 
 class TaskSettings(_Strict):
@@ -316,19 +338,58 @@ class RunConfig(Recipe):
         return recipe.model_copy(update={"threads": self.simulation.client_threads})
 
 
-def parse_config(raw: dict, where: str) -> RunConfig:
+def _reason(error: dict) -> str:
+    """A pydantic error as a user reads it: the offending key, what was wrong, the value."""
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {error['loc'][-1]!r}"
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] not in ("missing", "value_error") and not isinstance(value, dict | list):
+        shown = repr(value)
+        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    return msg
+
+
+def parse_config(
+    raw: dict,
+    where: str,
+    lines: dict | None = None,
+    overridden: dict | None = None,
+) -> RunConfig:
+    """Validate `raw`; every problem at once, each naming the file and line (`lines`, from
+    `yaml_lines.node_lines`) or the `--set` override it came from."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        ]
-        raise ConfigError(f"{where}: invalid run config:\n" + "\n".join(lines)) from None
+        raise ConfigProblems(
+            [config_problem(e, where, lines or {}, overridden or {}) for e in exc.errors()],
+            f"{where}: invalid run config",
+        ) from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """A YAML run config (the built-in demo config when `path` is None), with dotted
-    overrides such as {"federation.rounds": 2}."""
+def config_problem(error: dict, where: str, lines: dict, overridden: dict) -> Problem:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(x) for x in loc) or "(top)"
+    for key in overridden:
+        if dotted == key or dotted.startswith(key + "."):
+            return Problem(f"--set {key}", 0, f"{dotted}: {_reason(error)}")
+    return Problem(where, line_of(lines, loc), f"{dotted}: {_reason(error)}")
+
+
+@dataclass
+class RawConfig:
+    """A run config file as read, before validation: what `fedmedlora check` inspects."""
+
+    raw: dict
+    where: str
+    lines: dict
+    base: Path
+    overrides: dict
+
+
+def read_raw(path: str | Path | None = None, overrides: dict | None = None) -> RawConfig:
+    """The YAML of a run config (the built-in demo config when `path` is None), with dotted
+    overrides such as {"federation.rounds": 2} applied. Raises ConfigError."""
     if path is None:
         from importlib import resources
 
@@ -338,11 +399,17 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        text, where = p.read_text(encoding="utf-8"), str(p)
+        try:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read the config file: {exc}") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        reason = " ".join(str(getattr(exc, "problem", "") or exc).split())
+        raise ConfigProblems(
+            [Problem(where, yaml_error_line(exc), f"not valid YAML: {reason}")], where
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a run config must be a mapping")
     for dotted, value in (overrides or {}).items():
@@ -350,10 +417,19 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {key!r} is not a section")
         node[leaf] = value
-    config = parse_config(raw, where)
     base = Path(where).parent if path is not None else Path.cwd()
-    return _resolve_paths(config, base)
+    return RawConfig(raw, where, node_lines(text), base, dict(overrides or {}))
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """A YAML run config (the built-in demo config when `path` is None), with dotted
+    overrides such as {"federation.rounds": 2}."""
+    read = read_raw(path, overrides)
+    config = parse_config(read.raw, read.where, read.lines, read.overrides)
+    return _resolve_paths(config, read.base)
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:

@@ -42,3 +42,15 @@ class AnnotationError(FedMedLoRAError):
 
 class ConfigError(FedMedLoRAError):
     """A run configuration that cannot be used."""
+
+
+class ConfigProblems(ConfigError):
+    """Every problem found in a configuration at once, one `file:line: reason` line each."""
+
+    def __init__(self, problems: list[Problem], header: str):
+        self.problems = problems
+        if len(problems) == 1:
+            super().__init__(str(problems[0]))
+        else:
+            shown = "\n".join(f"  {p}" for p in problems)
+            super().__init__(f"{header}, {len(problems)} problems:\n{shown}")

