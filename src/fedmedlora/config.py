@@ -21,13 +21,13 @@ from pydantic import (
     model_validator,
 )
 
-from fedmedlora.errors import ConfigError, ConfigProblems, Problem
+from fedmedlora.errors import ConfigProblems, Problem
 from fedmedlora.evaluation.inference import GenerationSettings
 from fedmedlora.evaluation.tracking import TrackingSettings
 from fedmedlora.model.loading import PRECISIONS, check_device_name
 from fedmedlora.model.lora import LoraSettings
 from fedmedlora.training.loop import TrainSettings
-from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line
+from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line, yaml_reason
 
 
 class _Strict(BaseModel):
@@ -398,27 +398,28 @@ def read_raw(path: str | Path | None = None, overrides: dict | None = None) -> R
     else:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+            raise ConfigProblems([Problem(str(p), 0, "config file not found")], str(p))
         try:
             text, where = p.read_text(encoding="utf-8"), str(p)
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: cannot read the config file: {exc}") from None
+            reason = f"cannot read the config file: {exc}"
+            raise ConfigProblems([Problem(str(p), 0, reason)], str(p)) from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        reason = " ".join(str(getattr(exc, "problem", "") or exc).split())
         raise ConfigProblems(
-            [Problem(where, yaml_error_line(exc), f"not valid YAML: {reason}")], where
+            [Problem(where, yaml_error_line(exc), f"not valid YAML: {yaml_reason(exc)}")], where
         ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a run config must be a mapping")
+        raise ConfigProblems([Problem(where, 1, "a run config must be a mapping")], where)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+                reason = f"{key!r} is not a section"
+                raise ConfigProblems([Problem(f"--set {dotted}", 0, reason)], where)
         node[leaf] = value
     base = Path(where).parent if path is not None else Path.cwd()
     return RawConfig(raw, where, node_lines(text), base, dict(overrides or {}))

@@ -62,7 +62,7 @@ def check_run(
     except ConfigProblems as exc:
         result.problems += exc.problems
         return result
-    except ConfigError as exc:
+    except ConfigError as exc:  # (read_raw names its problems; this is a safety net)
         result.problems.append(Problem(str(path or "built-in demo config"), 0, str(exc)))
         return result
     ctx = _Ctx(read.where, read.lines, result)
@@ -275,7 +275,8 @@ def _check_synthetic(syn: SyntheticData, ctx: _Ctx) -> None:
     loc = ("data", "synthetic")
     unknown = [s for s in syn.sites if s not in SYNTHETIC_SITES]
     if unknown:
-        ctx.add((*loc, "sites"), f"unknown synthetic sites {unknown}; known: {SYNTHETIC_SITES}")
+        known = ", ".join(SYNTHETIC_SITES)
+        ctx.add((*loc, "sites"), f"unknown synthetic sites {unknown}; known: {known}")
     for key in ("corrupt_labels", "lora_ranks"):
         stray = sorted(set(getattr(syn, key)) - set(syn.sites))
         if stray:
@@ -322,9 +323,10 @@ def summary(result: CheckResult) -> str:
     )
 
 
-def check_site_config(path: str | Path, schema_name: str = "clinical") -> SiteSource:
-    """A SuperNode's own site config, checked at start like a run config's sites:
-    the SiteSource, or ConfigProblems naming every problem with its line."""
+def check_site_config(path: str | Path, schema_name: str | None = "clinical") -> SiteSource:
+    """A SuperNode's own site config, checked at start like a run config's sites (its
+    types against `schema_name`'s, unless None): the SiteSource, or ConfigProblems naming
+    every problem with its line."""
     result = CheckResult()
     p = Path(path)
     try:
@@ -333,15 +335,13 @@ def check_site_config(path: str | Path, schema_name: str = "clinical") -> SiteSo
         raise ConfigError(f"{p}: cannot read this site config: {exc}") from None
     import yaml
 
-    from fedmedlora.yaml_lines import yaml_error_line
+    from fedmedlora.yaml_lines import yaml_error_line, yaml_reason
 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        reason = " ".join(str(getattr(exc, "problem", "") or exc).split())
-        raise ConfigProblems(
-            [Problem(str(p), yaml_error_line(exc), f"not valid YAML: {reason}")], str(p)
-        ) from None
+        reason = f"not valid YAML: {yaml_reason(exc)}"
+        raise ConfigProblems([Problem(str(p), yaml_error_line(exc), reason)], str(p)) from None
     ctx = _Ctx(str(p), node_lines(text), result)
     try:
         source = SiteSource.model_validate(raw)

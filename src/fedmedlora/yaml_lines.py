@@ -53,4 +53,15 @@ def line_of(lines: dict[Loc, int], loc: Sequence[str | int]) -> int:
 def yaml_error_line(exc: yaml.YAMLError) -> int:
     """The 1-based line a YAML syntax error points at (0 when PyYAML gives none)."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    # (the problem's own mark: where the parser stopped; yaml_reason names the start)
     return mark.line + 1 if mark is not None else 0
+
+
+def yaml_reason(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line: what was wrong, and where the construct it broke
+    began (an unclosed bracket is reported where the parser gave up, lines later)."""
+    problem = " ".join(str(getattr(exc, "problem", "") or exc).split())
+    context, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and mark is not None:
+        return f"{problem} ({context} that starts on line {mark.line + 1})"
+    return problem

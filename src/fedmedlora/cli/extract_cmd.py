@@ -4,6 +4,7 @@ It is the same inference path the federated evaluation and the baselines use."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,45 @@ def _base_model_of(adapter: Path) -> str:
     if not name:
         raise ConfigError(f"{adapter}: adapter_config.json names no base model; pass --model")
     return name
+
+
+def check_outputs(out: Path, brat: Path | None) -> None:
+    """Where results go, checked before hours of generation: a file in a writable folder."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give the JSONL file to write")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--out {out}: folder {parent} is not writable")
+    if brat is not None and brat.exists() and not brat.is_dir():
+        raise ConfigError(f"--brat {brat}: is a file; give a folder")
+
+
+def check_adapter(adapter: Path, model_name: str) -> None:
+    """The adapter against the base model's architecture (config.json on the meta
+    device, no weights loaded): every reason it would not fit, before anything loads."""
+    from fedmedlora.model.loading import meta_model
+    from fedmedlora.model.lora import adapter_problems
+    from fedmedlora.model.registry import resolve_model
+
+    recorded = _base_model_of(adapter) if (adapter / "adapter_config.json").is_file() else None
+    try:
+        model = meta_model(resolve_model(model_name))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model {model_name!r}: cannot read its config.json ({exc})") from None
+    problems = adapter_problems(adapter, model)
+    if problems:
+        trained = f" (trained on {recorded})" if recorded and recorded != model_name else ""
+        raise ConfigError(
+            f"{adapter}: adapter does not fit model {model_name!r}{trained}: " + "; ".join(problems)
+        )
+    if recorded and recorded != model_name:
+        console.print(
+            f"[yellow]warning:[/] {adapter} was trained on {recorded!r}; its shapes fit "
+            f"{model_name!r}, which is used",
+            highlight=False,
+        )
 
 
 def read_inputs(path: Path):
@@ -94,19 +134,24 @@ def extract(
     sch = load_schema(schema)
     types = entity_types or sch.entity_types
     sch.check_types(types, [])
+    check_outputs(out, brat)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     docs = read_inputs(input)
     name = model or (_base_model_of(adapter) if adapter else None)
     if name is None:
         raise ConfigError("give --model, --adapter, or both")
-    dev = pick_device(device)
+    if adapter is not None:
+        check_adapter(adapter, name)
     tokenizer = load_tokenizer(name)
     lm = load_causal_lm(name, dev)
     if adapter is not None:
         from peft import PeftModel
 
-        if not (adapter / "adapter_config.json").is_file():
-            raise ConfigError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
-        lm = PeftModel.from_pretrained(lm, adapter).eval()
+        try:
+            lm = PeftModel.from_pretrained(lm, adapter).eval()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"{adapter}: PEFT cannot load this adapter: {exc}") from None
     style = PromptStyle(zero_shot=adapter is None if zero_shot_prompt is None else zero_shot_prompt)
     settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
     with Progress(console=console, transient=True) as progress:
@@ -120,7 +165,7 @@ def extract(
             max_chunk_tokens=max_chunk_tokens,
             settings=settings,
             device=dev,
-            precision=resolve_precision(precision, dev),
+            precision=precision,
             style=style,
             on_batch=lambda n: progress.advance(task, n),
         )

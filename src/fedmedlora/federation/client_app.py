@@ -8,7 +8,9 @@ before they leave.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmedlora.config import Recipe
-from fedmedlora.errors import ConfigError
+from fedmedlora.config_check import check_site_config
+from fedmedlora.errors import ConfigError, FedMedLoRAError
 from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
 from fedmedlora.federation.methods.fedsa import merge_personal
 from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
@@ -29,6 +32,24 @@ from fedmedlora.training.site_setup import fit_rank, site_recipe
 app = ClientApp()
 # Node-state records of what never leaves the site (FedSA's B) and how often it trained.
 PERSONAL, PERSONAL_ROUNDS = "fedsa-personal", "fedsa-personal-rounds"
+
+
+def check_own_site(context: Context) -> Iterator[None]:
+    """A SuperNode's own site config is checked (files, format, mapping; the schema's
+    types once the recipe names it) before any message is handled, and every problem is
+    printed at the node, one `file:line: reason` line each, instead of a traceback
+    after the model has loaded."""
+    site_config = str(context.node_config.get("site-config", ""))
+    if site_config:
+        try:
+            check_site_config(site_config, schema_name=None)
+        except FedMedLoRAError as exc:
+            print(f"[fedmedlora] this node's site config cannot be used:\n{exc}", file=sys.stderr)
+            raise
+    yield
+
+
+app.lifespan()(check_own_site)
 
 
 @cache

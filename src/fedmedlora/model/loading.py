@@ -41,7 +41,12 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ConfigError(str(exc)) from None
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and (
+        not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"device {device!r}: no such CUDA device on this machine")
+    return chosen
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

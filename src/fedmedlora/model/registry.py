@@ -83,6 +83,11 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path.resolve())
+    for entry in SHORT_NAMES.values():
+        # Adapters saved before base models were recorded portably name another
+        # machine's cache folder: the same packaged model is built here.
+        if entry.cache_dir and path.parts[-2:] == ("models", entry.cache_dir):
+            return str(entry.materialize())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ConfigError(
             f"model {name!r}: no such folder, and not a short name "
