@@ -71,3 +71,56 @@ def test_model_names(tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
         resolve_model("./nope/model")
     assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_saved_adapter_names_its_base_model_portably(tmp_path):
+    import json
+
+    from fedmedlora.model.registry import portable_name
+
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=2))
+    save_adapter(model, adapter_state(model), tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-random"  # not this machine's cache
+    assert portable_name("/x/hub/models--Org--Model/snapshots/abc123") == "Org/Model"
+    assert portable_name(str(tmp_path)) == str(tmp_path)  # a user's own folder stays
+    # Adapters saved before name another machine's cache folder: still resolved here.
+    assert resolve_model("/home/else/.cache/fedmedlora/models/tiny-random-v2") == resolve_model(
+        "tiny-random"
+    )
+
+
+def test_adapter_misfits_are_found_from_config_and_header_alone(tmp_path):
+    import json
+
+    from fedmedlora.model.loading import meta_model
+    from fedmedlora.model.lora import adapter_problems, unmatched_targets
+
+    settings = LoraSettings(rank=4, target_modules=["q_proj", "v_proj"])
+    model = add_lora(load_causal_lm("tiny-random"), settings)
+    save_adapter(model, adapter_state(model), tmp_path / "a")
+    meta = meta_model(resolve_model("tiny-random"))
+    assert {p.device.type for p in meta.parameters()} == {"meta"}  # no weights loaded
+    assert adapter_problems(tmp_path / "a", meta) == []
+    assert unmatched_targets(meta, ["q_proj", "qkv_proj"]) == ["qkv_proj"]
+    assert unmatched_targets(meta, r".*\.q_proj") == []
+    assert unmatched_targets(meta, "all-linear") == []
+
+    config_file = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "r": 8}))  # another rank
+    (problem,) = adapter_problems(tmp_path / "a", meta)
+    assert "8 adapter tensor(s) do not fit this model (rank 8)"  # q,v x 2 layers x A,B in problem
+    assert "expected (8, " in problem
+    config_file.write_text(json.dumps({**config, "target_modules": ["c_attn"]}))  # GPT-2's
+    assert adapter_problems(tmp_path / "a", meta) == [
+        "target modules ['c_attn'] are not in this model"
+    ]
+    config_file.write_text(json.dumps(config))
+    (tmp_path / "a" / "adapter_model.safetensors").rename(tmp_path / "weights")
+    assert adapter_problems(tmp_path / "a", meta) == [
+        "no adapter weights (adapter_model.safetensors is missing)"
+    ]
+    (tmp_path / "a" / "adapter_model.safetensors").write_text("not safetensors")
+    assert "not a readable safetensors file" in adapter_problems(tmp_path / "a", meta)[0]
+    assert "not a PEFT adapter folder" in adapter_problems(tmp_path, meta)[0]

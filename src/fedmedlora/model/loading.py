@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from fedmedlora.errors import ConfigError
-from fedmedlora.model.registry import portable_name, resolve_model
+from fedmedlora.model.registry import resolve_model
 
 PRECISIONS = ("auto", "fp32", "bf16-autocast")
 DEVICES = "auto, cpu, cuda, cuda:N, mps, xpu, xpu:N"
@@ -83,7 +83,6 @@ def load_causal_lm(name: str, device: torch.device | None = None):
 
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
-    _name_portably(model, name)
     model.requires_grad_(False)
     model.eval()
     return model.to(device or torch.device("cpu"))
@@ -108,16 +107,9 @@ def load_token_classifier(
             )
     finally:
         hf_logging.set_verbosity(verbosity)
-    _name_portably(model, name)
     model.requires_grad_(False)
     model.eval()
     return model.to(device or torch.device("cpu"))
-
-
-def _name_portably(model, name: str) -> None:
-    """PEFT records the model's `name_or_path` as an adapter's base model: the short name
-    or hub id instead of the cache folder it was loaded from, so adapters move."""
-    model.name_or_path = model.config.name_or_path = portable_name(name)
 
 
 def meta_model(model_dir: str | Path, task: str = "generative"):

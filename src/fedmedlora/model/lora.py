@@ -82,9 +82,18 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
 def save_adapter(model, state: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
     """Write `state` as a standard PEFT adapter folder (adapter_config.json +
     adapter_model.safetensors), loadable with `PeftModel.from_pretrained`."""
+    from fedmedlora.model.registry import portable_name
+
     load_adapter_state(model, state)
     out = Path(out_dir)
     model.save_pretrained(out)
+    # PEFT records the folder the base model was loaded from (a cache path here); the
+    # adapter names the model portably instead, so it loads on another machine.
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = portable_name(config["base_model_name_or_path"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     return out
 
 

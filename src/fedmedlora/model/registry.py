@@ -7,6 +7,7 @@ as-is; offline machines must pass a local path).
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,22 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def portable_name(name: str) -> str:
-    """What an adapter records as its base model: the short name or hub id as given, so
-    the adapter loads on another machine; only a local folder is recorded as its path."""
-    if name in SHORT_NAMES or not Path(name).expanduser().exists():
-        return name
-    return str(Path(name).expanduser().resolve())
+def portable_name(folder: str) -> str:
+    """What an adapter records as its base model instead of the folder the model was
+    loaded from on this machine: the short name for a built or packaged model, the hub id
+    for a hub cache snapshot, so the adapter loads elsewhere; a user's own folder stays."""
+    path = Path(folder)
+    for short, entry in SHORT_NAMES.items():
+        if entry.cache_dir and path.parts[-2:] == ("models", entry.cache_dir):
+            return short
+        if entry.cache_dir is None:
+            try:
+                if path.exists() and path.resolve() == entry.materialize().resolve():
+                    return short
+            except ConfigError:
+                continue
+    hub = re.search(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$", str(path))
+    return f"{hub[1]}/{hub[2]}" if hub else folder
 
 
 def existing_model_dir(name: str) -> Path | None:
