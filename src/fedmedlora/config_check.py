@@ -351,5 +351,6 @@ def check_site_config(path: str | Path, schema_name: str | None = "clinical") ->
     source.resolve_paths(p.resolve().parent)
     check_site(source, _schema(schema_name, ctx), ctx, ())
     if result.problems:
-        raise ConfigProblems(result.problems, f"{p}: invalid site config")
+        problems = sorted(result.problems, key=lambda x: x.line)
+        raise ConfigProblems(problems, f"{p}: invalid site config")
     return source

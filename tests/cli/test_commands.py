@@ -246,3 +246,68 @@ def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
     )
     assert bad.exit_code == 2 and "unknown synthetic sites ['nowhere']" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_score_refuses_other_texts_under_one_id_and_unknown_types(tmp_path):
+    gold = notes(3)
+    pred = [gold[0], *(d.model_copy(update={"text": d.text + " Seen again."}) for d in gold[1:])]
+    write_jsonl(gold, tmp_path / "gold.jsonl")
+    write_jsonl(pred, tmp_path / "pred.jsonl")
+    args = ["score", "--gold", str(tmp_path / "gold.jsonl"), "--pred"]
+    result = runner.invoke(app, [*args, str(tmp_path / "pred.jsonl")])
+    assert result.exit_code == 2
+    assert "pred.jsonl: 2 document(s) whose text differs from the gold" in result.output
+    assert "a-1, a-2" in result.output and "Traceback" not in result.output
+    same = [*args, str(tmp_path / "gold.jsonl")]
+    typo = runner.invoke(app, [*same, "--entity-type", "drug", "--entity-type", "drgu"])
+    assert typo.exit_code == 2 and "unknown --entity-type 'drgu'" in typo.output
+    rel = runner.invoke(app, [*same, "--relation-type", "treats_it"])
+    assert rel.exit_code == 2 and "unknown --relation-type 'treats_it'" in rel.output
+    fine = runner.invoke(app, [*same, "--entity-type", "drug"])
+    assert fine.exit_code == 0, fine.output
+
+
+def test_extract_checks_adapter_device_and_out_before_loading(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import fedmedlora.model.loading as loading
+    from fedmedlora.model.lora import LoraSettings, adapter_state, add_lora, save_adapter
+
+    model = add_lora(loading.load_causal_lm("tiny-random"), LoraSettings(rank=2))
+    save_adapter(model, adapter_state(model), tmp_path / "adapter")
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may load before the checks pass")
+
+    monkeypatch.setattr(loading, "load_causal_lm", never)
+    monkeypatch.setattr(loading, "load_tokenizer", never)
+    (tmp_path / "n.txt").write_text("No fever.")
+    base = ["extract", "--input", str(tmp_path / "n.txt"), "--adapter", str(tmp_path / "adapter")]
+    out = ["--out", str(tmp_path / "o.jsonl")]
+
+    def fails(*extra: str) -> str:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and "AssertionError" not in result.output
+        return result.output
+
+    assert "is a folder; give the JSONL file" in fails("--out", str(tmp_path))
+    assert "folder" in fails("--out", str(tmp_path / "no" / "o.jsonl"))
+    assert "unknown device 'tpu'" in fails(*out, "--device", "tpu")
+    assert "precision must be one of" in fails(*out, "--precision", "fp16")
+    if not torch.cuda.is_available():
+        assert "'cuda:1': no such CUDA device" in fails(*out, "--device", "cuda:1")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    assert config["base_model_name_or_path"] == "tiny-random"
+    config_file.write_text(json.dumps({**config, "r": 4}))
+    wrong_rank = fails(*out)
+    assert "adapter does not fit model 'tiny-random'" in wrong_rank and "(rank 4)" in wrong_rank
+    config_file.write_text(json.dumps({**config, "target_modules": ["query", "value"]}))
+    assert "target modules ['query', 'value'] are not in this model" in fails(*out)
+    config_file.write_text(json.dumps(config))
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    assert "no adapter weights" in fails(*out)
+    assert not (tmp_path / "o.jsonl").exists()
