@@ -43,19 +43,28 @@ class _Ctx:
     where: str
     lines: dict
     result: CheckResult
+    overrides: dict = field(default_factory=dict)
 
     def add(self, loc: Loc, reason: str) -> None:
         dotted = ".".join(str(x) for x in loc)
-        self.result.problems.append(
-            Problem(self.where, line_of(self.lines, loc), f"{dotted}: {reason}" if loc else reason)
-        )
+        text = f"{dotted}: {reason}" if loc else reason
+        for key in self.overrides:  # a value given by --set has no line in the file
+            if dotted == key or dotted.startswith(key + "."):
+                self.result.problems.append(Problem(f"--set {key}", 0, text))
+                return
+        self.result.problems.append(Problem(self.where, line_of(self.lines, loc), text))
 
 
 def check_run(
-    path: str | Path | None, overrides: dict | None = None, read_data: bool = False
+    path: str | Path | None,
+    overrides: dict | None = None,
+    read_data: bool = False,
+    site_files: bool = True,
 ) -> CheckResult:
     """Check the run config at `path` (the built-in demo config when None). `read_data`
-    also reads every site's files and counts their documents (what the site will do)."""
+    also reads every site's files and counts their documents (what the site will do);
+    without `site_files` the sites' files, formats and mappings are left to the sites
+    (a deployment's study config, where each SuperNode has its own site config)."""
     result = CheckResult()
     try:
         read = read_raw(path, overrides)
@@ -65,12 +74,12 @@ def check_run(
     except ConfigError as exc:  # (read_raw names its problems; this is a safety net)
         result.problems.append(Problem(str(path or "built-in demo config"), 0, str(exc)))
         return result
-    ctx = _Ctx(read.where, read.lines, result)
+    ctx = _Ctx(read.where, read.lines, result, read.overrides)
     try:
         result.config = parse_config(read.raw, read.where, read.lines, read.overrides)
     except ConfigProblems as exc:
         result.problems += exc.problems
-    _check_parts(read, ctx, read_data)
+    _check_parts(read, ctx, read_data, site_files)
     result.problems.sort(key=lambda p: (p.path != read.where, p.line))
     return result
 
@@ -109,7 +118,7 @@ def _section(raw: dict, *keys: str) -> object:
     return node
 
 
-def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool) -> None:
+def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool, site_files: bool) -> None:
     raw = read.raw
     schema = _schema(raw.get("schema", "clinical"), ctx)
     model = _part(ModelSettings, raw.get("model"))
@@ -121,9 +130,11 @@ def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool) -> None:
         n_sites = len(sites)
         for i, entry in enumerate(sites):
             source = _part(SiteSource, entry)
-            if isinstance(source, SiteSource):
+            if isinstance(source, SiteSource) and site_files:
                 source.resolve_paths(read.base)
                 check_site(source, schema, ctx, ("data", "sites", i), read_data)
+            elif isinstance(source, SiteSource):
+                _check_types(source, schema, ctx, ("data", "sites", i))
     elif synthetic is not None or not isinstance(raw.get("data"), dict):
         syn = _part(SyntheticData, synthetic)  # no data section: the default hospitals
         if isinstance(syn, SyntheticData):
@@ -240,19 +251,23 @@ def check_site(source: SiteSource, schema, ctx: _Ctx, loc: Loc, read_data: bool 
             load_mapping(source.mapping, schema)
         except ConfigError as exc:
             ctx.add((*loc, "mapping"), str(exc))
-    if schema is not None:
-        for key in ("entity_types", "relation_types"):
-            given = getattr(source, key) or []
-            known = schema.entity_types if key == "entity_types" else schema.relation_types
-            unknown = [t for t in given if t not in known]
-            if unknown:
-                ctx.add(
-                    (*loc, key),
-                    f"{unknown} not in schema {schema.name!r} (known: {', '.join(known)})",
-                )
+    _check_types(source, schema, ctx, loc)
     clean = len(ctx.result.problems) == before and paths_ok and fmt_ok
     if read_data and clean and schema is not None:
         _count_documents(source, schema, ctx, loc)
+
+
+def _check_types(source: SiteSource, schema, ctx: _Ctx, loc: Loc) -> None:
+    if schema is None:
+        return
+    for key in ("entity_types", "relation_types"):
+        given = getattr(source, key) or []
+        known = schema.entity_types if key == "entity_types" else schema.relation_types
+        unknown = [t for t in given if t not in known]
+        if unknown:
+            ctx.add(
+                (*loc, key), f"{unknown} not in schema {schema.name!r} (known: {', '.join(known)})"
+            )
 
 
 def _count_documents(source: SiteSource, schema, ctx: _Ctx, loc: Loc) -> None:

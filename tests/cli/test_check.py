@@ -81,7 +81,8 @@ def test_set_overrides_are_checked_and_named(tmp_path):
     result = runner.invoke(
         app, ["check", str(BAD / "good.yaml"), "--no-read", "--set", "federation.min_sites=3"]
     )
-    assert result.exit_code == 2 and "federation.min_sites: 3 sites required" in result.output
+    assert result.exit_code == 2
+    assert "--set federation.min_sites: federation.min_sites: 3 sites required" in result.output
     result = runner.invoke(
         app, ["check", str(BAD / "good.yaml"), "--no-read", "--set", "federation.rounds=-1"]
     )
@@ -110,3 +111,12 @@ def test_run_and_demo_check_before_anything_starts(tmp_path, monkeypatch):
     demo = runner.invoke(app, ["demo", "--out", str(tmp_path), "--set", "model.device=tpu"])
     assert demo.exit_code == 2 and "--set model.device: model.device: unknown" in demo.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_deployment_study_config_leaves_the_site_files_to_the_sites():
+    args = ["check", str(BAD / "many_problems.yaml"), "--no-site-files"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "missing.jsonl" not in result.output and "brat-standoff" not in result.output
+    assert "many_problems.yaml:14: data.sites.1.entity_types" in result.output  # the schema's
+    assert "5 problem(s)" in result.output

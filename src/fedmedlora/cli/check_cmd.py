@@ -19,6 +19,13 @@ def check(
     read: Annotated[
         bool, typer.Option(help="also read every site's files and count their documents")
     ] = True,
+    site_files: Annotated[
+        bool,
+        typer.Option(
+            help="check the sites' files, formats and mappings (--no-site-files for a "
+            "deployment's study config: each SuperNode checks its own site config)"
+        ),
+    ] = True,
 ) -> None:
     """Check a run config without starting, loading or writing anything: every site's
     paths, format, mapping and types, the schema, model, precision and device, and the
@@ -26,7 +33,7 @@ def check(
     each (file:line: reason); exit status 2 if there is any."""
     from fedmedlora.config_check import check_run, summary
 
-    result = check_run(config, parse_overrides(set_), read_data=read)
+    result = check_run(config, parse_overrides(set_), read_data=read, site_files=site_files)
     for note in result.notes:
         console.print(note, highlight=False, soft_wrap=True)
     if result.problems:
