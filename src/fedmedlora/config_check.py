@@ -84,11 +84,14 @@ def check_run(
     return result
 
 
-def preflight(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
-    """The config `run`/`demo` use, or ConfigProblems listing everything wrong with it."""
+def preflight(
+    path: str | Path | None, overrides: dict | None = None, site_files: bool = True
+) -> RunConfig:
+    """The config `run`/`demo` (and, without `site_files`, a deployment's ServerApp) use,
+    or ConfigProblems listing everything wrong with it."""
     from fedmedlora.config import _resolve_paths
 
-    result = check_run(path, overrides)
+    result = check_run(path, overrides, site_files=site_files)
     where = str(path) if path is not None else "built-in demo config"
     if result.problems or result.config is None:
         raise ConfigProblems(result.problems, f"{where}: invalid run config")

@@ -15,7 +15,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmedlora.config import RunConfig, load_config
+from fedmedlora.config import RunConfig
+from fedmedlora.config_check import preflight
 from fedmedlora.errors import FedMedLoRAError
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.evaluation.report import write_report
@@ -257,4 +258,6 @@ def main(grid: Grid, context: Context) -> None:
     path = str(context.run_config.get("config", "")) or None
     out = Path(str(context.run_config.get("out", "") or "runs/flwr"))
     resume = str(context.run_config.get("resume", "false")).lower() in ("1", "true", "yes")
-    run_federation(grid, load_config(path), out, resume=resume)
+    # The checks of `fedmedlora check` (the sites check their own files): a config no
+    # federation can run, e.g. min_sites above the sites named, fails here, not silently.
+    run_federation(grid, preflight(path, site_files=False), out, resume=resume)
