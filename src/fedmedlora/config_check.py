@@ -44,6 +44,7 @@ class _Ctx:
     lines: dict
     result: CheckResult
     overrides: dict = field(default_factory=dict)
+    seed: int = 0  # the run's, for a site's seeded split when its files are read
 
     def add(self, loc: Loc, reason: str) -> None:
         dotted = ".".join(str(x) for x in loc)
@@ -74,7 +75,8 @@ def check_run(
     except ConfigError as exc:  # (read_raw names its problems; this is a safety net)
         result.problems.append(Problem(str(path or "built-in demo config"), 0, str(exc)))
         return result
-    ctx = _Ctx(read.where, read.lines, result, read.overrides)
+    seed = read.raw.get("seed", 0)
+    ctx = _Ctx(read.where, read.lines, result, read.overrides, seed if isinstance(seed, int) else 0)
     try:
         result.config = parse_config(read.raw, read.where, read.lines, read.overrides)
     except ConfigProblems as exc:
@@ -277,13 +279,13 @@ def _count_documents(source: SiteSource, schema, ctx: _Ctx, loc: Loc) -> None:
     from fedmedlora.data.sites import load_source
 
     try:
-        data = load_source(source, schema, seed=0)
+        data = load_source(source, schema, seed=ctx.seed)
     except FedMedLoRAError as exc:
         ctx.add(loc, f"site {source.name}: {exc}")
         return
     ctx.result.notes.append(
         f"site {source.name}: {len(data.train)} training and {len(data.test)} test "
-        f"documents, {len(data.problems)} input problem(s)"
+        f"documents, {len(data.problems)} input problem(s), {len(data.warnings)} warning(s)"
     )
 
 
