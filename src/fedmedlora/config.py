@@ -30,6 +30,15 @@ class ModelSettings(_Strict):
     task: Literal["generative", "tagging"] = "generative"
     precision: str = "auto"
     device: str = "auto"
+    # Base-model memory (docs/scale.md; `fedmedlora plan` estimates each choice).
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quantization: Literal["none", "nf4", "int8"] = Field(
+        "none", description="k-bit base through bitsandbytes (nf4: QLoRA); dtype computes"
+    )
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: spread a model too big for one GPU over the site's GPUs"
+    )
 
 
 class TaskSettings(_Strict):
