@@ -246,6 +246,9 @@ class FederationSettings(_Strict):
     evaluate_every: int = Field(1, ge=0, description="0: only after the last round")
     evaluate_zero_shot: bool = True
     timeout_s: float = Field(3600, gt=0)
+    adapter_wire_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16 halves the adapter bytes each way (sites reply alike)"
+    )
 
 
 class SimulationSettings(_Strict):

@@ -106,6 +106,7 @@ def run_federation(
         num_rounds=fed.rounds,
         on_evaluated=evaluated,
         on_trained=trained,
+        wire_dtype=fed.adapter_wire_dtype,
     )
     recipe_json = recipe.to_json()
     stamp = checkpoint.fingerprint(config.model_dump(mode="json", by_alias=True))
@@ -140,7 +141,7 @@ def run_federation(
         )
 
     strategy.on_round_end = round_end
-    arrays = to_record(sent)
+    arrays = to_record(sent, fed.adapter_wire_dtype)
     status, error = "completed", None
     try:
         if fed.evaluate_zero_shot and not resume:

@@ -49,6 +49,7 @@ class FedMedLoRA(FedAvg):
         on_trained: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
         on_round_end: Callable[[int, ArrayRecord | None], None] | None = None,
         round_offset: int = 0,
+        wire_dtype: str = "float32",
     ):
         super().__init__(
             fraction_train=fraction_train,
@@ -61,6 +62,7 @@ class FedMedLoRA(FedAvg):
             configrecord_key=CONFIG,
         )
         self.adapter_shapes = adapter_shapes
+        self.wire_dtype = wire_dtype
         self.aggregator = aggregator
         self.current: dict | None = None  # the global adapter (as sent) of this round
         self.evaluate_every = evaluate_every
@@ -205,7 +207,7 @@ class FedMedLoRA(FedAvg):
         if self.on_trained:
             self.on_trained(server_round, per_site)
         loss = sum(u.metrics.get("train-loss", 0.0) * weights.get(u.site, 0.0) for u in updates)
-        self.global_arrays = to_record(aggregated)
+        self.global_arrays = to_record(aggregated, self.wire_dtype)
         return self.global_arrays, MetricRecord({"train-loss": loss, "sites": len(updates)})
 
     # --- evaluation -------------------------------------------------------------------
