@@ -89,7 +89,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     tok, examples = _examples("tiny-random")
     loss, grads, _ = _loss_and_grads(False, tok, examples)
     loss_ckpt, grads_ckpt, model = _loss_and_grads(True, tok, examples)
-    assert model.base_model.model.is_gradient_checkpointing
+    assert model.base_model.model.is_activation_checkpointing
     assert loss_ckpt == pytest.approx(loss, rel=1e-6)
     assert grads.keys() == grads_ckpt.keys() and grads
     for name, g in grads.items():

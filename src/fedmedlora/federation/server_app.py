@@ -66,7 +66,8 @@ def run_federation(
             "config": config.model_dump(mode="json", by_alias=True),
         },
         communication={
-            "adapter_bytes": adapter_bytes(initial),
+            "adapter_bytes": adapter_bytes(initial)  # as it travels
+            // (2 if config.federation.adapter_wire_dtype == "bfloat16" else 1),
             "adapter_parameters": trainable,
             "full_model_bytes": 4 * (total - trainable),
             "model_parameters": total - trainable,
