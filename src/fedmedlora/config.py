@@ -41,6 +41,15 @@ class ModelSettings(_Strict):
     task: Literal["generative", "tagging"] = "generative"
     precision: str = "auto"
     device: str = "auto"
+    # Base-model memory (docs/scale.md; `fedmedlora plan` estimates each choice).
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quantization: Literal["none", "nf4", "int8"] = Field(
+        "none", description="k-bit base through bitsandbytes (nf4: QLoRA); dtype computes"
+    )
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: spread a model too big for one GPU over the site's GPUs"
+    )
 
     @field_validator("precision")
     @classmethod
@@ -266,6 +275,9 @@ class FederationSettings(_Strict):
         le=1,
         description="cap on one site's share of the aggregate, renormalised "
         "(default: 0.5 with 3 or more sites in a round, none with fewer; docs/robustness.md)",
+    )
+    adapter_wire_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16 halves the adapter bytes each way (sites reply alike)"
     )
 
 

@@ -81,3 +81,34 @@ def test_lower_rank_factors_pass_only_where_sites_may_train_their_own_rank():
     ):
         with pytest.raises(EgressViolation, match="shape"):
             check_reply(RecordDict({"arrays": _arrays(**bad)}), SHAPES, lower_rank=True)
+
+
+def test_bf16_adapters_pass_and_round_trip_at_half_the_bytes():
+    import torch
+
+    from fedmedlora.federation.messages import from_record, to_record, wire_dtype
+
+    state = {k: torch.randn(s) for k, s in SHAPES.items()}
+    half, full = to_record(state, "bfloat16"), to_record(state)
+    check_reply(RecordDict({"arrays": half}), SHAPES)
+    assert wire_dtype(half) == "bfloat16" and wire_dtype(full) == "float32"
+    assert sum(len(a.data) for a in half.values()) == 2 * sum(s[0] * s[1] for s in SHAPES.values())
+    back = from_record(half)
+    for k, v in state.items():
+        assert back[k].dtype == torch.float32
+        assert torch.equal(back[k], v.to(torch.bfloat16).float())  # exactly bf16's rounding
+    assert all(torch.equal(from_record(full)[k], v) for k, v in state.items())
+
+
+def test_a_bf16_array_whose_bytes_do_not_fit_its_shape_is_refused():
+    from fedmedlora.federation.messages import BF16_STYPE
+
+    bad = Array(dtype="bfloat16", shape=(2, 4), stype=BF16_STYPE, data=b"\x00" * 6)
+    arrays = _arrays()
+    arrays["a.lora_A.weight"] = bad
+    with pytest.raises(EgressViolation, match="malformed bfloat16"):
+        check_reply(RecordDict({"arrays": arrays}), SHAPES)
+    odd = Array(dtype="bfloat17", shape=(2, 4), stype="numpy.ndarray", data=b"\x00" * 16)
+    arrays["a.lora_A.weight"] = odd
+    with pytest.raises(EgressViolation, match="dtype bfloat17 is not float32"):
+        check_reply(RecordDict({"arrays": arrays}), SHAPES)

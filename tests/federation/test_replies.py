@@ -70,3 +70,26 @@ def test_count_names_follow_the_schema_or_else_stay_short_identifiers():
     assert free.allows("entity/strict/any_type.1/tp")
     assert not free.allows("entity/strict/chest pain since Monday/tp")
     assert not free.allows("entity/strict/" + "a" * 65 + "/tp")
+
+
+def test_arrays_decode_only_in_the_wire_dtype_the_server_sent():
+    import torch
+
+    from fedmedlora.federation.messages import to_record
+    from fedmedlora.federation.replies import decode_arrays
+
+    state = {"m.lora_A.weight": torch.tensor([[1.0, -2.5], [0.125, 3.0]])}
+    shapes = {"m.lora_A.weight": (2, 2)}
+    half = to_record(state, "bfloat16")
+    decoded = decode_arrays(half, shapes, wire_dtype="bfloat16")
+    assert decoded["m.lora_A.weight"].dtype == torch.float32
+    assert torch.equal(decoded["m.lora_A.weight"], state["m.lora_A.weight"])  # exact in bf16
+    with pytest.raises(InvalidReply, match="not in the float32 the server sent"):
+        decode_arrays(half, shapes)
+    with pytest.raises(InvalidReply, match="not in the bfloat16 the server sent"):
+        decode_arrays(to_record(state), shapes, wire_dtype="bfloat16")
+    nan = to_record(
+        {"m.lora_A.weight": torch.tensor([[float("nan"), 0.0], [0.0, 0.0]])}, "bfloat16"
+    )
+    with pytest.raises(InvalidReply, match="NaN or Inf"):
+        decode_arrays(nan, shapes, wire_dtype="bfloat16")

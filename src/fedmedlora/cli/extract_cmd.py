@@ -116,6 +116,10 @@ def extract(
     max_new_tokens: Annotated[int, typer.Option(help="generation cap per window")] = 256,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16-autocast")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="base weights: fp32, bf16 or fp16")] = "fp32",
+    quantization: Annotated[
+        str, typer.Option(help="none, or nf4/int8 (bitsandbytes) for a big base")
+    ] = "none",
 ) -> None:
     """Extract entities and relations from notes; writes JSONL (and optionally brat)."""
     quiet_libraries()
@@ -144,7 +148,7 @@ def extract(
     if adapter is not None:
         check_adapter(adapter, name)
     tokenizer = load_tokenizer(name)
-    lm = load_causal_lm(name, dev)
+    lm = load_causal_lm(name, dev, dtype=dtype, quantization=quantization)
     if adapter is not None:
         from peft import PeftModel
 

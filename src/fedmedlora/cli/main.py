@@ -10,6 +10,7 @@ from fedmedlora.cli import (
     download_cmd,
     extract_cmd,
     personalize_cmd,
+    plan_cmd,
     run_cmd,
     score_cmd,
 )
@@ -31,6 +32,7 @@ app.command()(score_cmd.score)
 app.command()(extract_cmd.extract)
 app.command()(personalize_cmd.personalize)
 app.command()(compare_cmd.compare)
+app.command()(plan_cmd.plan)
 data_app.command("download")(user_errors(download_cmd.download))
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")

@@ -20,7 +20,15 @@ from flwr.clientapp import ClientApp
 from fedmedlora.config import Recipe
 from fedmedlora.config_check import check_site_config
 from fedmedlora.errors import ConfigError, FedMedLoRAError
-from fedmedlora.federation.messages import ARRAYS, CONFIG, METRICS, SITE, from_record, to_record
+from fedmedlora.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    SITE,
+    from_record,
+    to_record,
+    wire_dtype,
+)
 from fedmedlora.federation.methods.fedsa import merge_personal
 from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
 from fedmedlora.federation.methods.lora_pairs import is_lora_b
@@ -136,7 +144,11 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict(
-        {ARRAYS: to_record(state), METRICS: metrics, SITE: ConfigRecord({SITE: name})}
+        {
+            ARRAYS: to_record(state, wire_dtype(msg.content[ARRAYS])),  # as the server sent
+            METRICS: metrics,
+            SITE: ConfigRecord({SITE: name}),
+        }
     )
     return _reply(msg, content, {k: tuple(site.lm.initial[k].shape) for k in received})
 

@@ -1,8 +1,9 @@
 """What may cross a site's boundary, checked on both sides.
 
-A site's reply may carry only: the adapter tensors (float32 arrays under the adapter's own
-keys and shapes), numeric metrics (counts, losses, timings) and its site name. No text,
-no token ids, no per-document records. The client checks before sending; the server
+A site's reply may carry only: the adapter tensors (float32 arrays, or bf16 ones where the
+server sent bf16, under the adapter's own keys and shapes), numeric metrics (counts,
+losses, timings) and its site name. No text, no token ids, no per-document records. The
+client checks before sending; the server
 checks again before using a reply, and rejects anything else.
 """
 
@@ -12,6 +13,7 @@ import re
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedmedlora.federation.messages import BF16_STYPE, is_bf16
 from fedmedlora.federation.methods.lora_pairs import fits_shape
 
 ALLOWED_CONFIG = {"site": re.compile(r"^[A-Za-z0-9_.-]{1,64}$")}
@@ -62,6 +64,10 @@ def _check_arrays(
         arr = record[key]
         if not fits_shape(key, tuple(arr.shape), tuple(shapes[key]), lower_rank):
             raise EgressViolation(f"{key}: shape {arr.shape} is not the adapter's {shapes[key]}")
+        if arr.stype == BF16_STYPE:  # bf16 adapters: raw 2-byte floats (messages.py)
+            if not is_bf16(arr):
+                raise EgressViolation(f"{key}: malformed bfloat16 array")
+            continue
         # float32 is what `messages.to_record` sends; anything else is not the adapter as
         # sent (float16 loses it, float64 or ints are another kind of payload).
         if str(arr.dtype) != "float32":

@@ -24,6 +24,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedmedlora.evaluation.metrics import KINDS, MODES
+from fedmedlora.federation.messages import BF16_STYPE, is_bf16
 from fedmedlora.federation.methods.lora_pairs import fits_shape
 
 # The largest `num-examples` a site may claim: far above any annotated clinical corpus
@@ -182,20 +183,34 @@ def check_eval_metrics(
 
 
 def decode_arrays(
-    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]], *, lower_rank: bool = False
+    record: ArrayRecord,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    lower_rank: bool = False,
+    wire_dtype: str = "float32",
 ) -> dict[str, torch.Tensor]:
-    """The adapter tensors of a reply, or InvalidReply. Checked after decoding, not only
-    on the record's declared dtype and shape (which `privacy.check_reply` checks): the
-    payload is a .npy blob with a header of its own, which a hostile site may make
-    disagree with what the record declares."""
+    """The adapter tensors of a reply (float32), or InvalidReply. Checked after decoding,
+    not only on the record's declared dtype and shape (which `privacy.check_reply`
+    checks): the payload is a .npy blob with a header of its own, which a hostile site may
+    make disagree with what the record declares. Sites reply in the dtype the server sent
+    (`wire_dtype`: bf16 travels as raw 2-byte floats, messages.py)."""
     if set(record) != set(shapes):
         extra, missing = sorted(set(record) - set(shapes)), sorted(set(shapes) - set(record))
         raise InvalidReply(f"adapter keys differ: unexpected {extra[:3]}, missing {missing[:3]}")
     out: dict[str, torch.Tensor] = {}
     for key in record:
+        array = record[key]
+        if (array.stype == BF16_STYPE) != (wire_dtype == "bfloat16"):
+            raise InvalidReply(f"{key}: not in the {wire_dtype} the server sent")
         try:
-            arr = record[key].numpy()
-        except (TypeError, ValueError, OSError, EOFError) as exc:
+            if array.stype == BF16_STYPE:
+                if not is_bf16(array):
+                    raise ValueError("malformed bfloat16 array")
+                raw = torch.frombuffer(bytearray(array.data), dtype=torch.bfloat16)
+                arr = raw.reshape(array.shape).float().numpy()
+            else:
+                arr = array.numpy()
+        except (TypeError, ValueError, RuntimeError, OSError, EOFError) as exc:
             raise InvalidReply(f"{key}: not a readable array ({exc})") from None
         if arr.dtype != np.float32:
             raise InvalidReply(f"{key}: holds {arr.dtype}, not float32")

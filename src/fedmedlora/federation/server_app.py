@@ -69,7 +69,8 @@ def run_federation(
             "config": config.model_dump(mode="json", by_alias=True),
         },
         communication={
-            "adapter_bytes": adapter_bytes(initial),
+            "adapter_bytes": adapter_bytes(initial)  # as it travels
+            // (2 if config.federation.adapter_wire_dtype == "bfloat16" else 1),
             "adapter_parameters": trainable,
             "full_model_bytes": 4 * (total - trainable),
             "model_parameters": total - trainable,
@@ -110,6 +111,7 @@ def run_federation(
         on_trained=trained,
         count_names=_count_names(recipe.schema_name),
         sites=sites,
+        wire_dtype=fed.adapter_wire_dtype,
     )
     recipe_json = recipe.to_json()
     # Tracking may be switched on or off when resuming: it is not part of the run's identity.
@@ -159,7 +161,7 @@ def run_federation(
         )
 
     strategy.on_round_end = round_end
-    arrays = to_record(sent)
+    arrays = to_record(sent, fed.adapter_wire_dtype)
     status, error = "completed", None
     try:
         if fed.evaluate_zero_shot and not resume:

@@ -33,6 +33,18 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
     }
 
 
+class _HideRunSimulationDeprecation(logging.Filter):
+    """Drops Flower's "DEPRECATED FEATURE: run_simulation" banner, which users of
+    `fedmedlora run/demo` cannot act on (see `simulate`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("DEPRECATED FEATURE") and "run_simulation" in str(record.args))
+
+
+_HIDE_BANNER = _HideRunSimulationDeprecation()
+
+
 def simulate(
     config: RunConfig,
     out_dir: Path,
@@ -41,7 +53,16 @@ def simulate(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Run the federation in simulation; returns results.json's content. `resume`
-    continues from the checkpoint in `out_dir`."""
+    continues from the checkpoint in `out_dir`.
+
+    Flower 1.42 marks `run_simulation` deprecated in favour of `flwr run`, which starts a
+    SuperLink and runs the apps as a packaged Flower App in other processes, configured
+    only by flat key/value run-config. This run needs the validated RunConfig, the output
+    folder and the live progress listener in the server app, and returns results in
+    process (tests and `fedmedlora run/demo` rely on that); `run_simulation` is still the
+    installed Flower's in-process Simulation Engine entry point, so it stays, and its
+    deprecation banner is filtered from the user's terminal.
+    """
     from flwr.simulation import run_simulation
 
     outcome: dict[str, Any] = {}
@@ -55,6 +76,7 @@ def simulate(
             outcome["error"] = exc
 
     flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(_HIDE_BANNER)  # idempotent: the same filter object
     previous = flwr_logger.level
     if quiet:
         flwr_logger.setLevel(logging.WARNING)

@@ -76,6 +76,7 @@ class FedMedLoRA(FedAvg):
         round_offset: int = 0,
         count_names: CountNames | None = None,
         sites: Iterable[str] | None = None,
+        wire_dtype: str = "float32",
     ):
         super().__init__(
             fraction_train=fraction_train,
@@ -88,6 +89,7 @@ class FedMedLoRA(FedAvg):
             configrecord_key=CONFIG,
         )
         self.adapter_shapes = adapter_shapes
+        self.wire_dtype = wire_dtype
         self.aggregator = aggregator
         self.current: dict | None = None  # the global adapter (as sent) of this round
         self.evaluate_every = evaluate_every
@@ -206,7 +208,9 @@ class FedMedLoRA(FedAvg):
         needs = settings.method == "fedmedlora+" and settings.validation == "sites"
         checked = check_train_metrics(metrics, needs_val_loss=needs)
         arrays = next(iter(content.array_records.values()))
-        state = decode_arrays(arrays, self.adapter_shapes, lower_rank=lower_rank)
+        state = decode_arrays(
+            arrays, self.adapter_shapes, lower_rank=lower_rank, wire_dtype=self.wire_dtype
+        )
         return Reply(site, node, checked, state)
 
     def _bound(self, server_round: int, phase: str, replies: list[Reply]) -> list[Reply]:
@@ -309,7 +313,7 @@ class FedMedLoRA(FedAvg):
         if self.on_trained:
             self.on_trained(server_round, per_site)
         loss = sum(u.metrics.get("train-loss", 0.0) * weights.get(u.site, 0.0) for u in updates)
-        self.global_arrays = to_record(aggregated)
+        self.global_arrays = to_record(aggregated, self.wire_dtype)
         return self.global_arrays, MetricRecord({"train-loss": loss, "sites": len(updates)})
 
     # --- evaluation -------------------------------------------------------------------

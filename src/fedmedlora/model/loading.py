@@ -76,16 +76,81 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_causal_lm(name: str, device: torch.device | None = None):
-    """A frozen fp32 base model in eval mode."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZATIONS = ("none", "nf4", "int8")
+
+
+def quantization_config(quantization: str, dtype: str):
+    """bitsandbytes settings for a k-bit base: nf4 with double quantization (QLoRA) and
+    `dtype` as the compute dtype, or LLM.int8(). None for an unquantized base."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"model.quantization {quantization} needs bitsandbytes: pip install 'fedmedlora[quant]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[dtype],
+    )
+
+
+def load_causal_lm(
+    name: str,
+    device: torch.device | None = None,
+    *,
+    dtype: str = "fp32",
+    quantization: str = "none",
+    attention: str = "sdpa",
+    device_map: str | None = None,
+    gradient_checkpointing: bool = False,
+):
+    """A frozen base model in eval mode, its weights in `dtype` (or k-bit quantized, with
+    `dtype` for everything else and for compute). `device_map="auto"` spreads a model too
+    big for one GPU over all the GPUs this process sees (accelerate's placement)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
+    quant = quantization_config(quantization, dtype)
+    device = device or torch.device("cpu")
+    placement = device_map or (str(device) if quant is not None else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(name),
+        dtype=DTYPES[dtype],
+        attn_implementation=attention,
+        quantization_config=quant,
+        device_map=placement,
+    )
+    if quant is not None:
+        # PEFT's own k-bit preparation: freezes the base, keeps norms and embeddings in
+        # fp32 for stable training, and turns on checkpointing if asked.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works with
+        # a frozen embedding under LoRA; it only acts in train mode.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.requires_grad_(False)
     model.eval()
-    return model.to(device or torch.device("cpu"))
+    return model if placement is not None else model.to(device)
 
 
 def load_token_classifier(

@@ -55,10 +55,8 @@ def loaded_model(recipe: Recipe) -> LoadedModel:
     """The adapted model for this recipe, loaded once per process and shared by every site
     this process serves (the base is frozen; adapter weights are loaded per message)."""
     key = (
-        recipe.model.name,
-        recipe.model.task,
-        recipe.model.device,
-        recipe.model.precision,
+        recipe.model.model_dump_json(),
+        recipe.train.gradient_checkpointing,
         recipe.lora.model_dump_json(),
         recipe.schema_name,
         recipe.seed,
@@ -73,7 +71,16 @@ def loaded_model(recipe: Recipe) -> LoadedModel:
             base = load_token_classifier(recipe.model.name, len(labels), device, recipe.seed)
             model = add_lora(base, recipe.lora, task_type="TOKEN_CLS", seed=recipe.seed)
         else:
-            base = load_causal_lm(recipe.model.name, device)
+            m = recipe.model
+            base = load_causal_lm(
+                m.name,
+                device,
+                dtype=m.dtype,
+                quantization=m.quantization,
+                attention=m.attention,
+                device_map=m.device_map,
+                gradient_checkpointing=recipe.train.gradient_checkpointing,
+            )
             model = add_lora(base, recipe.lora, seed=recipe.seed)
         _MODELS[key] = LoadedModel(
             model,

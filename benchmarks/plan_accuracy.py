@@ -1,0 +1,205 @@
+"""How close `fedmedlora plan`'s memory estimate is to a real LoRA training step on CPU,
+and bf16 vs fp32 training speed side by side.
+
+Each setting runs in a fresh process: imports first, then the resident memory is read
+(the baseline: interpreter, torch, transformers), then the model is loaded, the peak
+counter is reset (Linux /proc/self/clear_refs, so the loader's transient copies are not
+counted), and `steps` optimizer steps run through the project's own loop on full-length
+windows whose second half is target. Measured = peak RSS during training - baseline:
+what the estimate claims to cover (weights, adapter, optimizer, activations, logits).
+
+    .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--batch 4] [--length 128]
+
+Prints the figures and writes docs/measured/plan_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status(field: str) -> int:
+    """A VmRSS/VmHWM figure of this process, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(
+    model: str,
+    dtype: str,
+    precision: str,
+    batch: int,
+    length: int,
+    steps: int,
+    checkpointing: bool,
+) -> dict:
+    """One setting, in this process (call it in a fresh one)."""
+    import torch
+
+    from fedmedlora.model.loading import load_causal_lm
+    from fedmedlora.model.lora import LoraSettings, add_lora
+    from fedmedlora.training.examples import Example
+    from fedmedlora.training.loop import TrainSettings, train_steps
+
+    torch.set_num_threads(1)
+    gc.collect()
+    baseline = _status("VmRSS")
+    base = load_causal_lm(model, dtype=dtype, gradient_checkpointing=checkpointing)
+    lora = LoraSettings()
+    wrapped = add_lora(base, lora, seed=0)
+    vocab = base.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    half = length // 2
+    examples = [
+        Example(
+            torch.randint(3, vocab, (length - half,), generator=g).tolist(),
+            torch.randint(3, vocab, (half,), generator=g).tolist(),
+        )
+        for _ in range(batch * steps)
+    ]
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
+    loaded = _status("VmRSS")
+    stats = train_steps(
+        wrapped,
+        examples,
+        TrainSettings(batch_size=batch, local_steps=steps, warmup_steps=0),
+        pad_id=0,
+        start_step=0,
+        total_steps=steps,
+        seed=0,
+        device=torch.device("cpu"),
+        precision=precision,
+    )
+    peak = _status("VmHWM")
+    return {
+        "dtype": dtype,
+        "precision": precision,
+        "checkpointing": checkpointing,
+        "baseline_rss": baseline,
+        "after_load_rss": loaded,
+        "peak_rss": peak,
+        "measured": peak - baseline,
+        "tokens_per_s": stats.tokens / stats.seconds,
+        "seconds": stats.seconds,
+        "loss": stats.mean_loss,
+    }
+
+
+def estimate(
+    model: str, dtype: str, precision: str, batch: int, length: int, checkpointing: bool
+) -> dict:
+    from fedmedlora.model.lora import LoraSettings
+    from fedmedlora.model.memory import Shape, plan_memory
+    from fedmedlora.model.registry import resolve_model
+
+    lora = LoraSettings()
+    shape = Shape.from_file(Path(resolve_model(model)) / "config.json")
+    return plan_memory(
+        shape,
+        dtype=dtype,
+        quantization="none",
+        rank=lora.rank,
+        target_modules=lora.target_modules,
+        dropout=lora.dropout,
+        batch_size=batch,
+        length=length,
+        checkpointing=checkpointing,
+        autocast_bf16=precision == "bf16-autocast",
+    ).as_dict()
+
+
+# glibc keeps freed blocks above its (growing) mmap threshold in the heap, so a CPU
+# process's RSS also holds memory torch has already freed; a fixed threshold returns
+# large blocks to the OS at once, and RSS then follows the live tensors, which is what
+# the estimate (and a GPU's allocator, less its cache) counts. Both are reported.
+ALLOCATORS = {"glibc-default": {}, "glibc-mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+SETTINGS = [("fp32", "fp32"), ("fp32", "bf16-autocast"), ("bf16", "bf16-autocast")]
+
+
+def run_one(args, dtype: str, precision: str, checkpointing: bool, allocator: str) -> dict:
+    """`measure` in a fresh interpreter, so no setting inherits another's memory."""
+    cmd = [
+        sys.executable, __file__, "--one", dtype, precision, "--model", args.model,
+        "--batch", str(args.batch), "--length", str(args.length), "--steps", str(args.steps),
+    ] + (["--checkpointing"] if checkpointing else [])  # fmt: skip
+    env = {**os.environ, **ALLOCATORS[allocator]}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1]) | {"allocator": allocator}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--checkpointing", action="store_true", help="(with --one)")
+    ap.add_argument("--also-checkpointing", action="store_true")
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "measured" / "plan_accuracy.json"))
+    args = ap.parse_args(argv)
+    if args.one:
+        print(
+            json.dumps(
+                measure(
+                    args.model,
+                    *args.one,
+                    args.batch,
+                    args.length,
+                    args.steps,
+                    args.checkpointing,
+                )
+            )
+        )
+        return {}
+    runs = []
+    for ckpt in [False, True] if args.also_checkpointing else [False]:
+        for dtype, precision in SETTINGS:
+            est = estimate(args.model, dtype, precision, args.batch, args.length, ckpt)
+            for allocator in ALLOCATORS:
+                got = run_one(args, dtype, precision, ckpt, allocator)
+                got["estimate"] = est
+                got["estimate_over_measured"] = est["total"] / got["measured"]
+                runs.append(got)
+                print(
+                    f"{dtype:4s} {precision:13s} ckpt={ckpt!s:5s} {allocator:14s}"
+                    f" measured {got['measured'] / 2**20:6.0f} MiB"
+                    f"  estimate {est['total'] / 2**20:6.0f} MiB"
+                    f"  ratio {got['estimate_over_measured']:.2f}"
+                    f"  {got['tokens_per_s']:6.0f} tokens/s",
+                    flush=True,
+                )
+    result = {
+        "benchmark": "plan_accuracy",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1},
+        "settings": {
+            "model": args.model,
+            "batch": args.batch,
+            "length": args.length,
+            "steps": args.steps,
+        },
+        "runs": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""`fedmedlora plan`: memory and traffic from a run config and a config.json only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedmedlora.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+LLAMA_8B = ROOT / "tests" / "fixtures" / "model_configs" / "llama-3.1-8b"
+runner = CliRunner()
+
+
+def test_plan_of_the_paper_config_prints_memory_and_traffic():
+    result = runner.invoke(
+        app,
+        ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml"), "--model-config", str(LLAMA_8B)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "8.03B parameters" in result.output and "with checkpointing" in result.output
+    assert "full-model FedAvg" in result.output
+
+
+def test_plan_json_follows_overrides(tmp_path):
+    args = ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml"), "--model-config", str(LLAMA_8B)]
+    nf4 = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    bf16 = json.loads(
+        runner.invoke(app, [*args, "--json", "--set", "model.quantization=none"]).output
+    )
+    w = lambda p: p["memory_per_site"]["with_checkpointing"]["weights"]  # noqa: E731
+    assert bf16["parameters"] == nf4["parameters"] == 8_030_261_248
+    assert w(bf16) == 2 * bf16["parameters"] > 2 * w(nf4)
+    half = json.loads(
+        runner.invoke(
+            app, [*args, "--json", "--set", "federation.adapter_wire_dtype=bfloat16"]
+        ).output
+    )
+    assert 2 * half["traffic"]["run_bytes"] == nf4["traffic"]["run_bytes"]
+
+
+def test_plan_without_a_model_config_offline_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml")])
+    assert result.exit_code == 2
+    assert "--model-config" in result.output
+    bad = tmp_path / "config.json"
+    bad.write_text("{}")
+    result = runner.invoke(
+        app, ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml"), "--model-config", str(bad)]
+    )
+    assert result.exit_code == 2 and "not a decoder config" in result.output
