@@ -32,6 +32,20 @@ def site_block(scores: Scores) -> dict[str, Any]:
     return {**scores.summary(), "detail": scores.as_dict()}
 
 
+def _inference_totals(sites) -> dict[str, float]:
+    """All sites' windows over all sites' seconds (sites in a simulation share the
+    machine), and forward passes per generated token over all windows."""
+    sites = list(sites)
+    seconds = sum(s.get("eval-seconds", 0.0) for s in sites)
+    windows = sum(s.get("eval-chunks", 0.0) for s in sites)
+    tokens = sum(s.get("eval-generated-tokens", 0.0) for s in sites)
+    passes = sum(s.get("eval-forward-passes", 0.0) for s in sites)
+    return {
+        "windows_per_second": windows / seconds if seconds else 0.0,
+        "forward_passes_per_token": passes / tokens if tokens else 0.0,
+    }
+
+
 class RunRecorder:
     """Accumulates a federated run's measurements in the results.json layout."""
 
@@ -58,7 +72,13 @@ class RunRecorder:
         self._round(server_round)["train"] = per_site
         self.save()
 
-    def evaluated(self, server_round: int, per_site: dict[str, Scores]) -> None:
+    def evaluated(
+        self,
+        server_round: int,
+        per_site: dict[str, Scores],
+        inference: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        """`inference`: site -> its evaluation's speed (inference.INFERENCE_METRICS)."""
         micro = Scores()
         for s in per_site.values():
             micro += s
@@ -66,6 +86,11 @@ class RunRecorder:
         entry["phase"] = "zero-shot" if server_round == 0 else "federated"
         entry["sites"] = {name: site_block(s) for name, s in sorted(per_site.items())}
         entry["micro"] = micro.summary()
+        if inference:
+            entry["inference"] = {
+                "sites": {name: inference[name] for name in sorted(inference)},
+                **_inference_totals(inference.values()),
+            }
         self.save()
 
     def traffic(self, per_round: dict[int, dict]) -> None:

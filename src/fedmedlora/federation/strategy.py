@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fedmedlora.evaluation.inference import INFERENCE_METRICS
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.federation.messages import (
@@ -81,6 +82,8 @@ class FedMedLoRA(FedAvg):
         self.awaiting: dict[tuple[int, str], set[int]] = {}
         self.node_sites: dict[int, str] = {}
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
+        # round -> site -> inference.INFERENCE_METRICS (speed of the evaluation)
+        self.eval_inference: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
     def _count(
@@ -258,6 +261,9 @@ class FedMedLoRA(FedAvg):
             scores = Scores.from_counts(dict(metrics))
             per_site[site] = scores
             micro += scores
+            self.eval_inference.setdefault(server_round, {})[site] = {
+                k: float(metrics[k]) for k in INFERENCE_METRICS if k in metrics
+            }
         if self.on_evaluated:
             self.on_evaluated(server_round, per_site)
         return MetricRecord(micro.summary())
