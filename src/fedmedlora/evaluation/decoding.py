@@ -110,6 +110,12 @@ def vocabulary(tokenizer) -> Vocabulary:
     return _VOCABS[key]
 
 
+def _cache_of(out):
+    """The KV cache of a forward pass (transformers 5 renames `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @dataclass
 class DecodeStats:
     generated_tokens: int = 0
@@ -168,12 +174,15 @@ class ConstrainedDecoder:
 
     # --- proposals --------------------------------------------------------------------
     def propose(self, row: _Row) -> list[int]:
-        """The next tokens of the text still to copy, as the tokenizer splits it."""
+        """The next tokens of the text still to copy, as the tokenizer splits it; inside
+        a tag, the tag's forced continuation (`pan class="` after `<s`) first."""
         g = row.grammar
         pos, _, _, tag, _ = row.state
-        room = row.budget - len(row.tokens) - 2
-        if self.k == 0 or tag is not None or pos >= len(g.target) or room <= 0:
+        room = min(self.k, row.budget - len(row.tokens) - 2)
+        if room <= 0 or (pos >= len(g.target) and tag is None):
             return []
+        if tag is not None:
+            return self._propose_in_tag(row, room)
         index = next((i for i, (_, end) in enumerate(row.plan) if end == pos), None)
         if pos == row.plan_pos:
             index = -1
@@ -181,9 +190,7 @@ class ConstrainedDecoder:
             start = g.char_index.get(pos)
             if start is None:  # inside a multi-byte character: no proposal this step
                 return []
-            ids = self.tokenizer.backend_tokenizer.encode(
-                g.escaped[start:], add_special_tokens=False
-            ).ids
+            ids = self._encode(g.escaped[start:])
             row.plan_pos, row.plan, end = pos, [], pos
             for t in ids:
                 data = self.vocab.token_bytes[t]
@@ -192,7 +199,30 @@ class ConstrainedDecoder:
                 end += len(data)
                 row.plan.append((t, end))
             index = -1
-        return [t for t, _ in row.plan[index + 1 : index + 1 + min(self.k, room)]]
+        return [t for t, _ in row.plan[index + 1 : index + 1 + room]]
+
+    def _propose_in_tag(self, row: _Row, room: int) -> list[int]:
+        g = row.grammar
+        forced, after = g.forced(row.state)
+        if not forced:
+            return []
+        text = forced.decode("ascii")
+        if after[3] is None:  # the tag is complete: the text follows
+            start = g.char_index.get(after[0])
+            if start is not None:
+                text += g.escaped[start : start + 16 * room]
+        out: list[int] = []
+        state: State | None = row.state
+        for t in self._encode(text)[:room]:
+            data = self.vocab.token_bytes[t]
+            state = g.advance_bytes(state, data) if data is not None else None  # type: ignore[arg-type]
+            if state is None:
+                break
+            out.append(t)
+        return out
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- the batched loop -------------------------------------------------------------
     def _accept(self, row: _Row, token: int, state: State) -> None:
@@ -230,7 +260,7 @@ class ConstrainedDecoder:
                 position_ids=positions.to(device),
                 use_cache=True,
             )
-        cache = out.past_key_values
+        cache = _cache_of(out)
         stats.model_calls += 1
         stats.window_forwards += len(rows)
         logits = out.logits[:, -1].float().cpu()
@@ -261,10 +291,10 @@ class ConstrainedDecoder:
                     input_ids=block.to(device),
                     attention_mask=mask.to(device),
                     position_ids=positions.to(device),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 )
-            cache = out.past_key_values
+            cache = _cache_of(out)
             stats.model_calls += 1
             stats.window_forwards += len(live)
             logits = out.logits.float().cpu()

@@ -170,7 +170,7 @@ def extract(
             if settings.constrained:
                 grammars.append(MarkupGrammar(ch.text, entity_types, schema))
                 tags = min(settings.max_new_tokens, budgets[-1])
-                budgets[-1] = len(grammars[-1].target) + tags
+                budgets[-1] = grammars[-1].token_budget(tags)
     if settings.constrained and work:
         outputs, decoded = constrained_generate(
             model,

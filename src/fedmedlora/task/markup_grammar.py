@@ -111,6 +111,11 @@ class MarkupGrammar:
             and not self.blank_at[pos]
         )
 
+    def token_budget(self, tag_tokens: int) -> int:
+        """A token cap that always leaves room to copy the text byte by byte, finish a
+        tag and close every span, plus `tag_tokens` for the tags themselves."""
+        return len(self.target) + self.max_tag + (len(CLOSE) + 1) * (MAX_DEPTH + 1) + 3 + tag_tokens
+
     def _affordable(self, pos: int, opened: tuple[int, ...]) -> bool:
         if self.tokens_left is None:
             return True
@@ -155,6 +160,18 @@ class MarkupGrammar:
             return (pos, opened[:-1], next_id, None, False)
         is_main = any(tag.startswith(h + b" ") or tag == h for h in self.main_heads)
         return (pos, (*opened, pos), next_id + (1 if is_main else 0), None, False)
+
+    def forced(self, state: State) -> tuple[bytes, State]:
+        """The bytes a tag being written must continue with (e.g. `pan class="` after
+        `<s`), up to its first choice, and the state after them."""
+        out = bytearray()
+        while state[3] is not None:
+            options = self.next_bytes(state)
+            if len(options) != 1:
+                break
+            out.append(options[0])
+            state = self.advance(state, options[0])  # type: ignore[assignment]
+        return bytes(out), state
 
     def advance_bytes(self, state: State, data: bytes) -> State | None:
         for b in data:
