@@ -130,7 +130,7 @@ class PerfectLM(torch.nn.Module):
             ids = {x.id for x in ents}
             rels = [r for r in doc.relations if r.head in ids and r.tail in ids]
             markup = serialize(text, ents, rels, SCHEMA).markup
-            self.answers[text] = tok_ids(self.tok, markup) + [self.tok.eos_token_id]
+            self.answers[text] = [*tok_ids(self.tok, markup), self.tok.eos_token_id]
         return self.answers[text]
 
     def forward(self, input_ids, attention_mask, cache=None, **_):
