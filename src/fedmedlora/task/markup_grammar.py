@@ -94,6 +94,7 @@ class MarkupGrammar:
             + MAX_REFS * (MAX_REF_DIGITS + 2 + max((len(p) for p in self.rel_prefixes), default=0))
         )
         self.tokens_left: int | None = None
+        self._tag_memo: dict[tuple, frozenset[int]] = {}
 
     # --- states -------------------------------------------------------------------
     def start(self) -> State:
@@ -183,11 +184,19 @@ class MarkupGrammar:
     # --- tags ---------------------------------------------------------------------
     def _tag_next(
         self, tag: bytes, pos: int, opened: tuple[int, ...], next_id: int, may_open: bool
-    ) -> set[int]:
+    ) -> frozenset[int]:
         """Bytes allowed after `<` + `tag` (a hand-written parser: the tag language is
-        tiny, and a general grammar engine would be rebuilt for every window)."""
+        tiny, and a general grammar engine would be rebuilt for every window). Memoized:
+        the decoder asks for the same few tags over and over."""
+        key = (tag, may_open, self._can_close(pos, opened), next_id)
+        found = self._tag_memo.get(key)
+        if found is None:
+            found = self._tag_memo[key] = frozenset(self._tag_options(*key))
+        return found
+
+    def _tag_options(self, tag: bytes, may_open: bool, can_close: bool, next_id: int) -> set[int]:
         fixed: list[bytes] = []
-        if self._can_close(pos, opened):
+        if can_close:
             fixed.append(CLOSE)
         mains: list[bytes] = []
         if may_open:
