@@ -42,7 +42,7 @@ from fedmedlora.data.sites import sample_windows, synthetic_site
 from fedmedlora.evaluation.inference import GenerationSettings, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
 from fedmedlora.evaluation.results import write_json_atomic
-from fedmedlora.model.lora import load_adapter_state
+from fedmedlora.model.lora import load_adapter_state, save_adapter
 from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.training.recipe import SiteRecipe, initial_adapter
 
@@ -129,7 +129,9 @@ def prepare(args: argparse.Namespace):
         trained = {"adapter": str(args.adapter)}
     elif args.train_steps > 0:
         began = time.perf_counter()
-        _, stats = site.train(initial_adapter(recipe), 1, args.train_steps)
+        state, stats = site.train(initial_adapter(recipe), 1, args.train_steps)
+        if args.save_adapter:
+            save_adapter(lm.model, state, args.save_adapter)
         trained = {
             "trained_steps": stats.steps,
             "train_seconds": round(time.perf_counter() - began, 1),
@@ -165,6 +167,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--adapter", type=Path, help="a PEFT adapter folder (default: train one)")
+    ap.add_argument("--save-adapter", type=Path, help="keep the trained adapter here")
     ap.add_argument("--site", default="riverside", help="synthetic site")
     ap.add_argument("--train-docs", type=int, default=40)
     ap.add_argument("--test-docs", type=int, default=6)
