@@ -49,13 +49,12 @@ from fedmedlora.training.recipe import SiteRecipe, initial_adapter
 VARIANTS = ("greedy-batched", "greedy-single", "constrained", "constrained+spec")
 
 
-def settings_for(variant: str, args: argparse.Namespace) -> GenerationSettings:
-    base = {"max_new_tokens": args.max_new_tokens}
+def settings_for(variant: str, args: argparse.Namespace, k: int) -> GenerationSettings:
     return GenerationSettings(
-        **base,
+        max_new_tokens=args.max_new_tokens,
         batch_size=1 if variant == "greedy-single" else args.batch_size,
         constrained=variant.startswith("constrained"),
-        speculate_tokens=args.speculate if variant == "constrained+spec" else 0,
+        speculate_tokens=k if variant == "constrained+spec" else 0,
     )
 
 
@@ -74,7 +73,7 @@ def bootstrap_f1(per_window: list[Scores], mode: str, seed: int, n: int = 1000) 
 
 
 def measure(
-    variant: str, lm, tok, windows: list[Document], spec, schema, args
+    variant: str, lm, tok, windows: list[Document], spec, schema, args, k: int = 0
 ) -> tuple[dict[str, Any], list[Document]]:
     began = time.perf_counter()
     preds, stats = extract(
@@ -84,7 +83,7 @@ def measure(
         spec.entity_types,
         schema,
         max_chunk_tokens=args.max_chunk_tokens,
-        settings=settings_for(variant, args),
+        settings=settings_for(variant, args, k),
         device=torch.device("cpu"),
         precision="fp32",
         style=PromptStyle(zero_shot=args.zero_shot),
@@ -99,7 +98,7 @@ def measure(
         total += s
     summary = total.summary()
     row = {
-        "variant": variant,
+        "variant": f"{variant} k={k}" if variant == "constrained+spec" else variant,
         "windows": stats.chunks,
         "seconds": round(seconds, 2),
         "windows_per_second": round(stats.chunks / seconds, 4),
@@ -177,7 +176,7 @@ def main() -> None:
     ap.add_argument("--max-chunk-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=200)
-    ap.add_argument("--speculate", type=int, default=8)
+    ap.add_argument("--speculate", type=int, nargs="+", default=[8], help="k (several: a row each)")
     ap.add_argument("--zero-shot", action="store_true", help="the zero-shot prompt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -191,16 +190,17 @@ def main() -> None:
     lm, spec, windows, trained = prepare(args)
     print(f"{len(windows)} windows, {trained}", flush=True)
     rows, outputs = [], {}
-    for variant in args.variants:
-        row, preds = measure(variant, lm.model, lm.tokenizer, windows, spec, schema, args)
+    runs = [(v, k) for v in args.variants for k in (args.speculate if v.endswith("spec") else [0])]
+    for variant, k in runs:
+        row, preds = measure(variant, lm.model, lm.tokenizer, windows, spec, schema, args, k)
         rows.append(row)
-        outputs[variant] = [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
+        outputs[row["variant"]] = [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
         print(row, flush=True)
-    if "constrained" in outputs and "constrained+spec" in outputs:
-        same = outputs["constrained"] == outputs["constrained+spec"]
+    spec_rows = [v for v in outputs if v.startswith("constrained+spec")]
+    same = None
+    if "constrained" in outputs and spec_rows:
+        same = all(outputs["constrained"] == outputs[v] for v in spec_rows)
         print(f"constrained and constrained+spec predictions identical: {same}")
-    else:
-        same = None
     result = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {

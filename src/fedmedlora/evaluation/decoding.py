@@ -259,6 +259,7 @@ class ConstrainedDecoder:
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
+                logits_to_keep=1,  # the vocabulary projection of every prompt token is waste
             )
         cache = _cache_of(out)
         stats.model_calls += 1
