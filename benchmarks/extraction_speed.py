@@ -188,6 +188,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     schema = load_schema()
     lm, spec, windows, trained = prepare(args)
+    torch.set_num_threads(args.threads)  # loading the recipe sets its own thread count
     print(f"{len(windows)} windows, {trained}", flush=True)
     rows, outputs = [], {}
     runs = [(v, k) for v in args.variants for k in (args.speculate if v.endswith("spec") else [0])]
