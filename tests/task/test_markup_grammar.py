@@ -43,6 +43,8 @@ def test_unfaithful_or_malformed_outputs_are_rejected():
         'Took<span class="dosage"> 25 mg</span> &lt;daily&gt; &amp; more',  # blank edge
         'Took 25 mg &l<span class="dosage">t;daily</span>&gt; &amp; more',  # inside &lt;
         'Took <span class="dosage" ref="0">25 mg</span> &lt;daily&gt; &amp; more',
+        'Took <span class="dosage">2</span>5 mg &lt;daily&gt; &amp; more',  # between digits
+        'T<span class="dosage">ook</span> 25 mg &lt;daily&gt; &amp; more',  # inside a word
     ]
     for output in bad:
         assert not accepts(g, output), output
