@@ -9,9 +9,10 @@ inserted (docs/markup.md):
 - a closing `</span>` for a span that is open and not empty.
 
 Tags go only between characters of the window (never inside `&lt;` or a multi-byte
-character), open before a non-blank character and close after one, so every span maps to
-a trimmed, non-empty stretch of the source. The output ends (end-of-sequence is allowed)
-only once the text is fully copied and every span closed.
+character, nor between two letters or two digits), open before a non-blank character
+and close after one, so every span maps to a trimmed, non-empty stretch of the source.
+The output ends (end-of-sequence is allowed) only once the text is fully copied and every
+span closed.
 
 Bytes, not characters: a byte-level BPE vocabulary has tokens that are parts of one
 UTF-8 character, and the decoder must be able to copy them.
