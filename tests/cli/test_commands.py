@@ -70,6 +70,8 @@ def test_extract_writes_jsonl_and_brat_from_text_files(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "windows/s" in result.output and "forward passes per token" in result.output
+    assert "text_drift" not in result.output and "unclosed_tag" not in result.output
     preds = load_jsonl(tmp_path / "pred.jsonl")
     assert [p.id for p in preds] == ["a-0", "a-1"]
     back = read_brat(tmp_path / "brat")

@@ -32,7 +32,11 @@ RESULTS = {
                 "entity_strict_precision": 0.5,
             },
         },
-        {"round": 1, "train": {"a": {"train-loss": 2.5, "aggregation-weight": 0.75}}},
+        {
+            "round": 1,
+            "train": {"a": {"train-loss": 2.5, "aggregation-weight": 0.75}},
+            "inference": {"sites": {"a": {"eval-chunks": 4}}, "windows_per_second": 0.5},
+        },
     ],
     "privacy": {"1": {"epsilon": 3.2, "delta": 1e-5}},
     "communication": {"per_round": [{"round": 1, "train_down_bytes": 10, "total_bytes": 30}]},
@@ -60,6 +64,8 @@ def test_round_metrics_are_the_rounds_numbers_from_results_json():
     assert round_metrics(RESULTS, 1) == {
         "train/a/train-loss": 2.5,
         "train/a/aggregation-weight": 0.75,
+        "inference/a/eval-chunks": 4.0,
+        "inference/windows_per_second": 0.5,
         "privacy/epsilon": 3.2,
         "privacy/delta": 1e-5,
         "traffic/train_down_bytes": 10.0,

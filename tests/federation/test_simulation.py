@@ -31,6 +31,9 @@ def test_results_have_per_round_per_site_metrics_and_communication(federation):
     for r in on_disk["rounds"]:
         assert set(r["sites"]) == {"north", "south"}
         assert 0.0 <= r["sites"]["north"]["entity_strict_f1"] <= 1.0
+        speed = r["inference"]  # evaluation speed (inference.INFERENCE_METRICS)
+        assert set(speed["sites"]) == {"north", "south"}
+        assert speed["windows_per_second"] > 0 and speed["forward_passes_per_token"] > 0
     assert set(on_disk["rounds"][1]["train"]) == {"north", "south"}
     final = on_disk["final"]["sites"]["south"]
     assert set(final) == {

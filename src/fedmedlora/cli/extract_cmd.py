@@ -114,6 +114,19 @@ def extract(
     max_chunk_tokens: Annotated[int, typer.Option(help="note tokens per window")] = 48,
     batch_size: Annotated[int, typer.Option(help="generation batch size")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="generation cap per window")] = 256,
+    constrained: Annotated[
+        bool,
+        typer.Option(
+            "--constrained/--no-constrained",
+            help="copy-constrained decoding: the output is the note's text plus valid tags",
+        ),
+    ] = True,
+    speculate_tokens: Annotated[
+        int,
+        typer.Option(
+            min=0, max=64, help="copy speculation: tokens checked per forward pass (0: off)"
+        ),
+    ] = 8,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16-autocast")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="base weights: fp32, bf16 or fp16")] = "fp32",
@@ -157,7 +170,12 @@ def extract(
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(f"{adapter}: PEFT cannot load this adapter: {exc}") from None
     style = PromptStyle(zero_shot=adapter is None if zero_shot_prompt is None else zero_shot_prompt)
-    settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    settings = GenerationSettings(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        constrained=constrained,
+        speculate_tokens=speculate_tokens,
+    )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"extracting from {len(docs)} notes", total=None)
         preds, stats = run_extract(
@@ -183,6 +201,12 @@ def extract(
     console.print(
         f"{len(preds)} notes, {stats.chunks} windows, {n_ent} entities, {n_rel} "
         f"relations in {stats.seconds:.1f}s -> {out}" + (f" and {brat}" if brat else "")
+    )
+    console.print(
+        f"[dim]{stats.windows_per_second:.2f} windows/s, {stats.generated_tokens} tokens, "
+        f"{stats.forward_passes_per_token:.2f} forward passes per token "
+        f"({'constrained' if constrained else 'unconstrained'}"
+        f"{f', speculating {speculate_tokens}' if constrained and speculate_tokens else ''})[/]"
     )
     if stats.issues:
         console.print(f"[dim]output repairs: {dict(stats.issues)}[/]")

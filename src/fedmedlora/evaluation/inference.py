@@ -1,6 +1,11 @@
 """Extraction with a (possibly adapted) causal LM: chunk, prompt, batched greedy
 generation, parse, reassemble. The `extract` command, federated evaluation and every
-baseline go through this one path."""
+baseline go through this one path.
+
+Generation is copy-constrained by default (`evaluation.decoding`): the output is always
+the window's text with tags inserted, and copy speculation checks several copied tokens
+per forward pass. `constrained: false` is plain greedy decoding (`model.generate`), kept
+for comparison."""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
+from fedmedlora.evaluation.decoding import constrained_generate
 from fedmedlora.model.loading import autocast
 from fedmedlora.task.chunking import Chunk, assemble
 from fedmedlora.task.markup import parse
+from fedmedlora.task.markup_grammar import MarkupGrammar
 from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.training.examples import chunk_for, prompt_ids
 
@@ -27,7 +34,27 @@ class GenerationSettings(BaseModel):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(256, ge=8)
     # Markup is the text plus tags; this bounds a run-away (e.g. zero-shot) output.
+    # Constrained decoding always has room to copy the whole text: its cap is the text's
+    # bytes plus this budget, which then only bounds the tags.
     length_factor: float = Field(2.5, gt=1)
+    constrained: bool = Field(
+        True, description="copy-constrained decoding: output = window text + valid tags"
+    )
+    speculate_tokens: int = Field(
+        8, ge=0, le=64, description="copy speculation: text tokens checked per pass (0: off)"
+    )
+
+
+# The inference measurements each evaluation reports (client_app -> results.json); one
+# place, so that egress allow-lists can name them.
+INFERENCE_METRICS = (
+    "eval-seconds",
+    "eval-chunks",
+    "eval-generated-tokens",
+    "eval-forward-passes",
+    "eval-windows-per-second",
+    "eval-forward-passes-per-token",
+)
 
 
 @dataclass
@@ -36,6 +63,29 @@ class ExtractionStats:
     generated_tokens: int = 0
     seconds: float = 0.0
     issues: Counter[str] = field(default_factory=Counter)
+    # Forward passes each window took part in, summed (1 per token for greedy decoding;
+    # batched greedy also counts the steps a finished window waits for its batch).
+    forward_passes: int = 0
+
+    @property
+    def windows_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def forward_passes_per_token(self) -> float:
+        return self.forward_passes / self.generated_tokens if self.generated_tokens else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """INFERENCE_METRICS, numbers only."""
+        values = (
+            self.seconds,
+            self.chunks,
+            self.generated_tokens,
+            self.forward_passes,
+            self.windows_per_second,
+            self.forward_passes_per_token,
+        )
+        return dict(zip(INFERENCE_METRICS, values, strict=True))
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +108,12 @@ def generate(
     device: torch.device,
     precision: str,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[str], int]:
-    """Greedy outputs for each prompt, batched by length to limit padding."""
+) -> tuple[list[str], int, int]:
+    """Greedy outputs for each prompt, batched by length to limit padding; also the
+    tokens produced and the forward passes each window took part in."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i]))
     outputs: list[str] = [""] * len(prompts)
-    produced = 0
+    produced = forwards = 0
     pad = tokenizer.pad_token_id
     for start in range(0, len(order), settings.batch_size):
         idx = order[start : start + settings.batch_size]
@@ -78,6 +129,7 @@ def generate(
                 pad_token_id=pad,
             )
         new = out[:, ids.shape[1] :].cpu()
+        forwards += new.shape[0] * new.shape[1]
         for row, i in enumerate(idx):
             tokens = new[row]
             keep = tokens[(tokens != pad) & (tokens != tokenizer.eos_token_id)]
@@ -85,7 +137,7 @@ def generate(
             outputs[i] = tokenizer.decode(keep, skip_special_tokens=True)
         if on_batch:
             on_batch(len(idx))
-    return outputs, produced
+    return outputs, produced, forwards
 
 
 def extract(
@@ -108,15 +160,36 @@ def extract(
     work: list[tuple[int, Chunk]] = []
     prompts: list[list[int]] = []
     budgets: list[int] = []
+    grammars: list[MarkupGrammar] = []
     for d, doc in enumerate(docs):
         for ch in chunk_for(doc, tokenizer, max_chunk_tokens):
             work.append((d, ch))
             prompts.append(prompt_ids(tokenizer, ch.text, entity_types, schema, style))
             n_text = len(tokenizer(ch.text, add_special_tokens=False)["input_ids"])
             budgets.append(int(settings.length_factor * n_text) + 24)
-    outputs, stats.generated_tokens = generate(
-        model, tokenizer, prompts, budgets, settings, device, precision, on_batch
-    )
+            if settings.constrained:
+                grammars.append(MarkupGrammar(ch.text, entity_types, schema))
+                tags = min(settings.max_new_tokens, budgets[-1])
+                budgets[-1] = grammars[-1].token_budget(tags)
+    if settings.constrained and work:
+        outputs, decoded = constrained_generate(
+            model,
+            tokenizer,
+            prompts,
+            grammars,
+            budgets,
+            batch_size=settings.batch_size,
+            speculate_tokens=settings.speculate_tokens,
+            device=device,
+            precision=precision,
+            on_batch=on_batch,
+        )
+        stats.generated_tokens = decoded.generated_tokens
+        stats.forward_passes = decoded.window_forwards
+    else:
+        outputs, stats.generated_tokens, stats.forward_passes = generate(
+            model, tokenizer, prompts, budgets, settings, device, precision, on_batch
+        )
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
         parsed = parse(text, ch.text, schema, entity_types)

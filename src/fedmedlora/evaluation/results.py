@@ -33,6 +33,20 @@ def site_block(scores: Scores) -> dict[str, Any]:
     return {**scores.summary(), "detail": scores.as_dict()}
 
 
+def _inference_totals(sites) -> dict[str, float]:
+    """All sites' windows over all sites' seconds (sites in a simulation share the
+    machine), and forward passes per generated token over all windows."""
+    sites = list(sites)
+    seconds = sum(s.get("eval-seconds", 0.0) for s in sites)
+    windows = sum(s.get("eval-chunks", 0.0) for s in sites)
+    tokens = sum(s.get("eval-generated-tokens", 0.0) for s in sites)
+    passes = sum(s.get("eval-forward-passes", 0.0) for s in sites)
+    return {
+        "windows_per_second": windows / seconds if seconds else 0.0,
+        "forward_passes_per_token": passes / tokens if tokens else 0.0,
+    }
+
+
 class RunRecorder:
     """Accumulates a federated run's measurements in the results.json layout."""
 
@@ -77,7 +91,13 @@ class RunRecorder:
         self.data[key] = value
         self.save()
 
-    def evaluated(self, server_round: int, per_site: dict[str, Scores]) -> None:
+    def evaluated(
+        self,
+        server_round: int,
+        per_site: dict[str, Scores],
+        inference: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        """`inference`: site -> its evaluation's speed (inference.INFERENCE_METRICS)."""
         micro = Scores()
         for s in per_site.values():
             micro += s
@@ -85,6 +105,11 @@ class RunRecorder:
         entry["phase"] = "zero-shot" if server_round == 0 else "federated"
         entry["sites"] = {name: site_block(s) for name, s in sorted(per_site.items())}
         entry["micro"] = micro.summary()
+        if inference:
+            entry["inference"] = {
+                "sites": {name: inference[name] for name in sorted(inference)},
+                **_inference_totals(inference.values()),
+            }
         self.save()
 
     def traffic(self, per_round: dict[int, dict]) -> None:
@@ -149,7 +174,8 @@ def _round_of(reason: Any) -> int | None:
 
 def round_metrics(results: dict[str, Any], server_round: int) -> dict[str, float]:
     """Every number results.json holds for one round, flat: "riverside/entity_strict_f1",
-    "micro/...", "train/riverside/train-loss", "privacy/epsilon", "traffic/total_bytes",
+    "micro/...", "train/riverside/train-loss", "inference/windows_per_second",
+    "privacy/epsilon", "traffic/total_bytes",
     "rejected_replies". What trackers log, so they show exactly what the file says."""
     out: dict[str, Any] = {}
     entry = next((r for r in results.get("rounds", []) if r["round"] == server_round), {})
@@ -158,6 +184,10 @@ def round_metrics(results: dict[str, Any], server_round: int) -> dict[str, float
     out.update({f"micro/{k}": v for k, v in entry.get("micro", {}).items() if k in HEADLINE})
     for site, metrics in entry.get("train", {}).items():
         out.update({f"train/{site}/{k}": v for k, v in metrics.items()})
+    inference = entry.get("inference", {})
+    for site, metrics in inference.get("sites", {}).items():
+        out.update({f"inference/{site}/{k}": v for k, v in metrics.items()})
+    out.update({f"inference/{k}": v for k, v in inference.items() if k != "sites"})
     privacy = results.get("privacy", {}).get(str(server_round), {})
     out.update({f"privacy/{k}": v for k, v in privacy.items()})
     for row in results.get("communication", {}).get("per_round", []):

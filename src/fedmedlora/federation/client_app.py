@@ -177,8 +177,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         {
             **scores.to_counts(),
             "num-examples": len(site.site.test),
-            "eval-seconds": stats.seconds,
-            "eval-chunks": stats.chunks,
+            **stats.metrics(),  # inference.INFERENCE_METRICS
             **{f"parse/{k}": v for k, v in stats.issues.items()},
         }
     )

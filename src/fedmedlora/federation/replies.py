@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from fedmedlora.evaluation.inference import INFERENCE_METRICS
 from fedmedlora.evaluation.metrics import KINDS, MODES
 from fedmedlora.federation.messages import BF16_STYPE, is_bf16
 from fedmedlora.federation.methods.lora_pairs import fits_shape
@@ -50,8 +51,10 @@ TRAIN_METRICS = frozenset(
 )
 TRAIN_INTEGERS = frozenset({"num-examples", "train-steps", "train-tokens", "personal-rounds"})
 # What `client_app.evaluate` sends besides the per-type TP/FP/FN counts and parse repairs.
-EVAL_METRICS = frozenset({"num-examples", "eval-seconds", "eval-chunks"})
-EVAL_INTEGERS = frozenset({"num-examples", "eval-chunks"})
+EVAL_METRICS = frozenset({"num-examples", *INFERENCE_METRICS})
+EVAL_INTEGERS = frozenset(
+    {"num-examples", "eval-chunks", "eval-generated-tokens", "eval-forward-passes"}
+)
 # The repairs `task.markup.parse` counts (tests/federation/test_replies.py keeps this in
 # step with markup.py), sent as "parse/<name>".
 PARSE_ISSUES = frozenset(

@@ -79,7 +79,7 @@ def run_federation(
     )
 
     def evaluated(rnd: int, per_site: dict[str, Scores]) -> None:
-        recorder.evaluated(rnd, per_site)
+        recorder.evaluated(rnd, per_site, strategy.eval_inference.get(rnd))
         if listener:
             listener("evaluated", rnd, per_site)
 

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fedmedlora.evaluation.inference import INFERENCE_METRICS
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.federation.messages import (
@@ -117,6 +118,8 @@ class FedMedLoRA(FedAvg):
         # The site names the run config names (data.sites): no node may answer as another.
         self.sites = frozenset(sites) if sites is not None else None
         self.train_metrics: dict[int, dict[str, dict[str, float]]] = {}
+        # round -> site -> inference.INFERENCE_METRICS (speed of the evaluation)
+        self.eval_inference: dict[int, dict[str, dict[str, float]]] = {}
 
     # --- accounting -------------------------------------------------------------------
     def _count(
@@ -365,6 +368,9 @@ class FedMedLoRA(FedAvg):
             scores = Scores.from_counts(r.metrics)
             per_site[r.site] = scores
             micro += scores
+            self.eval_inference.setdefault(server_round, {})[r.site] = {
+                k: r.metrics[k] for k in INFERENCE_METRICS if k in r.metrics
+            }
         if self.on_evaluated:
             self.on_evaluated(server_round, per_site)
         return MetricRecord(micro.summary())

@@ -1,0 +1,210 @@
+"""Copy-constrained decoding and copy speculation."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from fedmedlora.data.document import Document
+from fedmedlora.data.schema import load_schema
+from fedmedlora.evaluation.decoding import constrained_generate, vocabulary
+from fedmedlora.evaluation.inference import GenerationSettings, extract
+from fedmedlora.evaluation.metrics import score_corpus
+from fedmedlora.model.loading import load_causal_lm, load_tokenizer
+from fedmedlora.task.markup import _strip_markup, serialize
+from fedmedlora.task.markup_grammar import MarkupGrammar
+from fedmedlora.task.prompt import PromptStyle
+from fedmedlora.training.examples import prompt_ids
+from tests.fixtures import notes
+
+CPU = torch.device("cpu")
+SCHEMA = load_schema()
+ADVERSARIAL = [
+    "Naïve café patient: 38.5°C — 日本語テキスト 😀👍 Ωmega",
+    "BP   120/80\t\t\tHR  72\n\n\n   SpO2 98 %   ",
+    "0123456789 3.14159 -2.5e-3 1,000,000 10^9/L #12-345",
+    'Note says <problem>fever</problem> and <span class="drug" id="1">x</span> &amp; &lt;5',
+    "https://example.org/" + "a" * 60 + " Pneumonoultramicroscopicsilicovolcanoconiosis",
+    "x",
+]
+
+
+def decode(model, tok, texts, *, k, batch_size, types=None, budget=None, zero_shot=True):
+    types = types or SCHEMA.entity_types
+    style = PromptStyle(zero_shot=zero_shot)
+    prompts = [prompt_ids(tok, t, types, SCHEMA, style) for t in texts]
+    grammars = [MarkupGrammar(t, types, SCHEMA) for t in texts]
+    budgets = [g.token_budget(budget or 32) for g in grammars]
+    return constrained_generate(
+        model,
+        tok,
+        prompts,
+        grammars,
+        budgets,
+        batch_size=batch_size,
+        speculate_tokens=k,
+        device=CPU,
+        precision="fp32",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_causal_lm("tiny-random"), load_tokenizer("tiny-random")
+
+
+def test_vocabulary_bytes_rebuild_the_tokenizers_text():
+    tok = load_tokenizer("tiny-random")
+    vocab = vocabulary(tok)
+    for text in ADVERSARIAL:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert b"".join(vocab.token_bytes[i] for i in ids).decode() == text
+    assert vocab.token_bytes[tok.eos_token_id] is None  # specials are never copied text
+
+
+def test_output_without_tags_is_the_input_on_adversarial_windows(tiny):
+    model, tok = tiny
+    outputs, stats = decode(model, tok, ADVERSARIAL, k=4, batch_size=3)
+    for text, out in zip(ADVERSARIAL, outputs, strict=True):
+        issues = Counter()
+        plain, _ = _strip_markup(out, issues)
+        assert plain == text, out
+        assert not +issues
+    assert stats.generated_tokens > 0
+
+
+def test_speculation_gives_exactly_the_constrained_greedy_tokens(tiny):
+    model, tok = tiny
+    reference, ref_stats = decode(model, tok, ADVERSARIAL, k=0, batch_size=1)
+    assert ref_stats.window_forwards == ref_stats.generated_tokens + len(ADVERSARIAL)
+    for k, batch in ((3, 4), (8, 6)):
+        outputs, stats = decode(model, tok, ADVERSARIAL, k=k, batch_size=batch)
+        assert outputs == reference, (k, batch)
+        assert stats.generated_tokens == ref_stats.generated_tokens
+    assert stats.window_forwards < ref_stats.window_forwards
+
+
+def test_zero_shot_ends_at_the_windows_end_even_with_a_small_budget(tiny):
+    model, tok = tiny
+    docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(ADVERSARIAL)]
+    settings = GenerationSettings(batch_size=4, max_new_tokens=8, length_factor=1.1)
+    preds, stats = extract(
+        model,
+        tok,
+        docs,
+        SCHEMA.entity_types,
+        SCHEMA,
+        max_chunk_tokens=400,
+        settings=settings,
+        device=CPU,
+        precision="fp32",
+        style=PromptStyle(zero_shot=True),
+    )
+    assert stats.chunks == len(docs)
+    assert not stats.issues.get("text_drift") and not stats.issues.get("unclosed_tag")
+    assert [p.text for p in preds] == ADVERSARIAL
+    assert 0 < stats.forward_passes_per_token < 1
+
+
+class PerfectLM(torch.nn.Module):
+    """Logits that put all weight on the gold markup of each prompt's window, as a
+    perfect model would: the decoder must reproduce the gold exactly, speculating."""
+
+    def __init__(self, tok, docs):
+        super().__init__()
+        self.tok, self.seen = tok, None
+        self.suffix = tok_ids(tok, "<|im_start|>assistant\n")
+        self.answers: dict[str, list[int]] = {}
+        self.docs = docs
+
+    def target(self, prompt: str) -> list[int]:
+        text = prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+        if text not in self.answers:
+            doc = next(d for d in self.docs if text in d.text)
+            s = doc.text.index(text)
+            ents = [
+                x.model_copy(update={"start": x.start - s, "end": x.end - s})
+                for x in doc.entities
+                if s <= x.start and x.end <= s + len(text)
+            ]
+            ids = {x.id for x in ents}
+            rels = [r for r in doc.relations if r.head in ids and r.tail in ids]
+            markup = serialize(text, ents, rels, SCHEMA).markup
+            self.answers[text] = [*tok_ids(self.tok, markup), self.tok.eos_token_id]
+        return self.answers[text]
+
+    def forward(self, input_ids, attention_mask, cache=None, **_):
+        if cache is None:
+            self.seen = input_ids
+        else:
+            self.seen = torch.cat([self.seen, input_ids], dim=1)
+        cache = _Cache(self)
+        w, offset = input_ids.shape[1], self.seen.shape[1] - input_ids.shape[1]
+        logits = torch.zeros((*input_ids.shape, len(self.tok)))
+        for row in range(input_ids.shape[0]):
+            for j in range(w):
+                visible = self.seen[row, : offset + j + 1][
+                    attention_mask[row, : offset + j + 1] == 1
+                ]
+                visible = visible.tolist()
+                n_prompt = next(
+                    (
+                        i + len(self.suffix)
+                        for i in range(len(visible))
+                        if visible[i : i + len(self.suffix)] == self.suffix
+                    ),
+                    None,
+                )
+                if n_prompt is None:  # inside the prompt: no prediction needed
+                    continue
+                prompt = self.tok.decode(visible[:n_prompt], skip_special_tokens=False)
+                done = visible[n_prompt:]
+                gold = self.target(prompt)
+                nxt = gold[len(done)] if gold[: len(done)] == done and len(done) < len(gold) else 0
+                logits[row, j, nxt] = 10.0
+        return type("Out", (), {"logits": logits, "cache": cache})()
+
+
+class _Cache:
+    def __init__(self, lm):
+        self.lm = lm
+
+    def batch_select_indices(self, index):
+        self.lm.seen = self.lm.seen[index]
+
+
+def tok_ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_perfect_model_is_reproduced_exactly_with_fewer_forward_passes():
+    tok = load_tokenizer("tiny-random")
+    docs = notes(4)
+    model = PerfectLM(tok, docs)
+    preds, stats = extract(
+        model,
+        tok,
+        docs,
+        SCHEMA.entity_types,
+        SCHEMA,
+        max_chunk_tokens=40,
+        settings=GenerationSettings(batch_size=3, speculate_tokens=8),
+        device=CPU,
+        precision="fp32",
+    )
+    assert not stats.issues
+    summary = score_corpus(docs, preds)[0].summary()
+    assert summary["entity_strict_f1"] == 1.0 and summary["relation_strict_f1"] == 1.0
+    assert stats.forward_passes_per_token < 0.5
+
+
+@pytest.mark.slow
+def test_speculation_equals_constrained_greedy_on_smollm2():
+    model, tok = load_causal_lm("smollm2-135m"), load_tokenizer("smollm2-135m")
+    texts = ["Metoprolol 25 mg; WBC <4 at 38°C."]
+    reference, ref_stats = decode(model, tok, texts, k=0, batch_size=1, budget=8)
+    outputs, stats = decode(model, tok, texts, k=8, batch_size=1, budget=8)
+    assert outputs == reference
+    assert stats.window_forwards < ref_stats.window_forwards
+    for text, out in zip(texts, outputs, strict=True):
+        assert _strip_markup(out, Counter())[0] == text
