@@ -11,7 +11,6 @@ Prints tokens/s per setting and writes docs/measured/dtype_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from fedmedlora.model.loading import load_causal_lm, load_tokenizer
 from fedmedlora.model.lora import LoraSettings, add_lora
 from fedmedlora.training.examples import build_examples
 from fedmedlora.training.loop import TrainSettings, train_steps
+from measuring import write_result  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:30s} {result['tokens_per_s'][name]:7.0f} tokens/s "
             f"({result['speedup_vs_fp32'][name]:.2f}x fp32), loss {result['mean_loss'][name]:.4f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

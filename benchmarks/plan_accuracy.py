@@ -25,15 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from measuring import proc_status, write_result  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status(field: str) -> int:
-    """A VmRSS/VmHWM figure of this process, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(
@@ -55,7 +49,7 @@ def measure(
 
     torch.set_num_threads(1)
     gc.collect()
-    baseline = _status("VmRSS")
+    baseline = proc_status("VmRSS")
     base = load_causal_lm(model, dtype=dtype, gradient_checkpointing=checkpointing)
     lora = LoraSettings()
     wrapped = add_lora(base, lora, seed=0)
@@ -71,7 +65,7 @@ def measure(
     ]
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
-    loaded = _status("VmRSS")
+    loaded = proc_status("VmRSS")
     stats = train_steps(
         wrapped,
         examples,
@@ -83,7 +77,7 @@ def measure(
         device=torch.device("cpu"),
         precision=precision,
     )
-    peak = _status("VmHWM")
+    peak = proc_status("VmHWM")
     return {
         "dtype": dtype,
         "precision": precision,
@@ -194,10 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

@@ -26,14 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from measuring import proc_status, write_result  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(model: str, n_sites: int, rounds: int, steps: int, docs: int) -> dict:
@@ -46,7 +41,7 @@ def measure(model: str, n_sites: int, rounds: int, steps: int, docs: int) -> dic
     from fedmedlora.training.site_setup import site_recipe
 
     torch.set_num_threads(1)
-    baseline = _status("VmRSS")
+    baseline = proc_status("VmRSS")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         sites = []
@@ -72,9 +67,9 @@ def measure(model: str, n_sites: int, rounds: int, steps: int, docs: int) -> dic
     return {
         "sites": n_sites,
         "base_models_loaded": models,
-        "peak_rss": _status("VmHWM"),
+        "peak_rss": proc_status("VmHWM"),
         "baseline_rss": baseline,
-        "peak_over_baseline": _status("VmHWM") - baseline,
+        "peak_over_baseline": proc_status("VmHWM") - baseline,
         "seconds": time.perf_counter() - began,
         "validation_loss": sum(losses) / len(losses),
     }
@@ -125,10 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for n, r in ratios.items():
         print(f"{n} sites / 2 sites: {r:.2f}x")
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    write_result(result, args.out)
     return result
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmedlora.errors import FedMedLoRAError
-from fedmedlora.evaluation.report import fmt_bytes
+from fedmedlora.evaluation.report import fmt_bytes, save_f1_figure
 from fedmedlora.evaluation.results import HEADLINE
 from fedmedlora.evaluation.tracking import flatten
 
@@ -162,7 +162,6 @@ def plot(runs: list[Run], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, metric in zip(axes, ("entity_strict_f1", "entity_lenient_f1"), strict=True):
@@ -175,15 +174,7 @@ def plot(runs: list[Run], path: Path) -> None:
                 label=run.label,
             )
         ax.set_title(f"{metric.replace('_', ' ')}, all sites (micro)")
-        ax.set_xlabel("round (0 = zero-shot base model)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("F1")
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_f1_figure(fig, axes, path)
 
 
 def write_comparison(runs: list[Run], out_dir: Path) -> list[Path]:

@@ -39,12 +39,21 @@ def plot_f1(results: dict[str, Any], path: Path) -> None:
             label="all sites (micro)",
         )
         ax.set_title(metric.replace("_", " "))
-        ax.set_xticks([r["round"] for r in rounds])
+    save_f1_figure(fig, axes, path)
+
+
+def save_f1_figure(fig, axes, path: Path) -> None:
+    """The look every F1-per-round figure shares (rounds as whole numbers, F1 in [0, 1])."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
         ax.set_xlabel("round (0 = zero-shot base model)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("F1")
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
