@@ -131,7 +131,7 @@ def run_federation(
         if listener:
             listener("resumed", done, None)
     tracking = Tracking.open(config.tracking, out_dir, config.name, recorder.data.get("tracking"))
-    if not resume:
+    if "tracking" not in recorder.data:  # a resumed run logged its parameters already
         tracking.start(flatten(config.model_dump(mode="json", by_alias=True)))
 
     def tracked(rnd: int) -> None:
