@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/fedmedlora demo --out $(OUT)
 
 # Two workers, one test file each at a time (module fixtures stay shared): most slow tests
-# wait on Flower/Ray process start-up: on a 2-core machine 13 min instead of about 21.
+# wait on Flower/Ray process start-up: on a 2-core machine 8-10 min (2026-12-03).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
