@@ -245,12 +245,7 @@ class ConstrainedDecoder:
         stats: DecodeStats,
     ) -> list[str]:
         rows = [_Row(g, g.start(), b) for g, b in zip(grammars, budgets, strict=True)]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
+        ids, mask = _padded(prompts, self.pad, left=True)
         lengths = mask.sum(-1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with autocast(precision, device):
@@ -279,12 +274,8 @@ class ConstrainedDecoder:
                 mask, lengths = mask[index], lengths[index]
                 live = [live[i] for i in keep]
             blocks = [[rows[r].pending, *self.propose(rows[r])] for r in live]
-            w = max(len(b) for b in blocks)
-            block = torch.full((len(live), w), self.pad, dtype=torch.long)
-            block_mask = torch.zeros((len(live), w), dtype=torch.long)
-            for i, b in enumerate(blocks):
-                block[i, : len(b)] = torch.tensor(b)
-                block_mask[i, : len(b)] = 1
+            block, block_mask = _padded(blocks, self.pad, left=False)
+            w = block.shape[1]
             positions = lengths[:, None] + torch.arange(w)[None, :]
             mask = torch.cat([mask, block_mask], dim=1)
             with autocast(precision, device):
@@ -360,3 +351,16 @@ def constrained_generate(
         if on_batch:
             on_batch(len(idx))
     return outputs, stats
+
+
+def _padded(seqs: list[list[int]], pad: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width (prompts on the left, so every row's next token is
+    at the end; proposal blocks on the right, after each row's own cache) and their mask."""
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, q in enumerate(seqs):
+        where = slice(width - len(q), width) if left else slice(0, len(q))
+        ids[r, where] = torch.tensor(q, dtype=torch.long)
+        mask[r, where] = 1
+    return ids, mask
