@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fedmedlora.config import DataSettings, SiteSource
 from fedmedlora.data.checks import (
     Findings,
     check_duplicates,
@@ -21,6 +20,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.formats import ReadResult
 from fedmedlora.data.noise import corrupt_entity_types
 from fedmedlora.data.schema import Schema
+from fedmedlora.data.settings import DataSettings, SiteSource
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.errors import AnnotationError, ConfigError, Problem
 from fedmedlora.task.chunking import chunk_document
