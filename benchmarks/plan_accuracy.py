@@ -38,8 +38,10 @@ def measure(
     length: int,
     steps: int,
     checkpointing: bool,
+    live: bool = False,
 ) -> dict:
-    """One setting, in this process (call it in a fresh one)."""
+    """One setting, in this process (call it in a fresh one). `live`: the peak of live
+    tensors (model, adapter, optimizer state, activations) instead of resident memory."""
     import torch
 
     from fedmedlora.model.loading import load_causal_lm
@@ -66,17 +68,31 @@ def measure(
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
     loaded = proc_status("VmRSS")
-    stats = train_steps(
-        wrapped,
-        examples,
-        TrainSettings(batch_size=batch, local_steps=steps, warmup_steps=0),
-        pad_id=0,
-        start_step=0,
-        total_steps=steps,
-        seed=0,
-        device=torch.device("cpu"),
-        precision=precision,
-    )
+
+    def train():
+        return train_steps(
+            wrapped,
+            examples,
+            TrainSettings(batch_size=batch, local_steps=steps, warmup_steps=0),
+            pad_id=0,
+            start_step=0,
+            total_steps=steps,
+            seed=0,
+            device=torch.device("cpu"),
+            precision=precision,
+        )
+
+    if live:
+        stats, live_peak = live_tensor_peak(wrapped, train)
+        return {
+            "dtype": dtype,
+            "precision": precision,
+            "checkpointing": checkpointing,
+            "measured": live_peak,
+            "tokens_per_s": None,  # the profiler slows the step; not a speed figure
+            "loss": stats.mean_loss,
+        }
+    stats = train()
     peak = proc_status("VmHWM")
     return {
         "dtype": dtype,
@@ -90,6 +106,26 @@ def measure(
         "seconds": stats.seconds,
         "loss": stats.mean_loss,
     }
+
+
+def live_tensor_peak(model, train):
+    """(train()'s result, the peak bytes of live tensors while it ran): the model's
+    storages, plus the running sum of every allocation and free torch's CPU allocator
+    reported to the profiler during training. This is what the estimate counts, and what
+    a GPU's `max_memory_allocated` reports there."""
+    from torch.profiler import ProfilerActivity, profile
+
+    storages = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        stats = train()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return stats, sum(storages.values()) + peak
 
 
 def estimate(
@@ -115,23 +151,33 @@ def estimate(
     ).as_dict()
 
 
-# glibc keeps freed blocks above its (growing) mmap threshold in the heap, so a CPU
-# process's RSS also holds memory torch has already freed; a fixed threshold returns
-# large blocks to the OS at once, and RSS then follows the live tensors, which is what
-# the estimate (and a GPU's allocator, less its cache) counts. Both are reported.
-ALLOCATORS = {"glibc-default": {}, "glibc-mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+# What "measured" means, each in its own fresh process:
+# - live-tensors: the peak of live tensor bytes (the profiler's allocator events), what the
+#   estimate counts and what a GPU's allocator reports as allocated;
+# - rss-*: peak resident memory. glibc keeps freed blocks below its mmap threshold in the
+#   heap, and by default that threshold grows (up to 32 MiB) each time a larger mmapped
+#   block is freed, so a CPU process's RSS also holds memory torch has already freed; a
+#   fixed threshold returns larger blocks to the OS at once and RSS follows the live
+#   tensors, at the price of page faults on every large allocation (tokens/s below).
+MEASURES = {
+    "live-tensors": {},
+    "rss-glibc-default": {},
+    "rss-mmap-1m": {"MALLOC_MMAP_THRESHOLD_": str(2**20)},
+    "rss-mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+}
 SETTINGS = [("fp32", "fp32"), ("fp32", "bf16-autocast"), ("bf16", "bf16-autocast")]
 
 
-def run_one(args, dtype: str, precision: str, checkpointing: bool, allocator: str) -> dict:
+def run_one(args, dtype: str, precision: str, checkpointing: bool, measure_: str) -> dict:
     """`measure` in a fresh interpreter, so no setting inherits another's memory."""
     cmd = [
         sys.executable, __file__, "--one", dtype, precision, "--model", args.model,
         "--batch", str(args.batch), "--length", str(args.length), "--steps", str(args.steps),
-    ] + (["--checkpointing"] if checkpointing else [])  # fmt: skip
-    env = {**os.environ, **ALLOCATORS[allocator]}
+    ] + (["--checkpointing"] if checkpointing else []) + (
+        ["--live"] if measure_ == "live-tensors" else [])  # fmt: skip
+    env = {**os.environ, **MEASURES[measure_]}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1]) | {"allocator": allocator}
+    return json.loads(out.strip().splitlines()[-1]) | {"measure": measure_}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -142,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--checkpointing", action="store_true", help="(with --one)")
     ap.add_argument("--also-checkpointing", action="store_true")
+    ap.add_argument("--live", action="store_true", help="(with --one) live tensors, not RSS")
+    ap.add_argument("--measures", nargs="+", default=list(MEASURES), choices=list(MEASURES))
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "docs" / "measured" / "plan_accuracy.json"))
     args = ap.parse_args(argv)
@@ -155,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                     args.length,
                     args.steps,
                     args.checkpointing,
+                    args.live,
                 )
             )
         )
@@ -163,17 +212,17 @@ def main(argv: list[str] | None = None) -> dict:
     for ckpt in [False, True] if args.also_checkpointing else [False]:
         for dtype, precision in SETTINGS:
             est = estimate(args.model, dtype, precision, args.batch, args.length, ckpt)
-            for allocator in ALLOCATORS:
-                got = run_one(args, dtype, precision, ckpt, allocator)
+            for measure_ in args.measures:
+                got = run_one(args, dtype, precision, ckpt, measure_)
                 got["estimate"] = est
                 got["estimate_over_measured"] = est["total"] / got["measured"]
                 runs.append(got)
                 print(
-                    f"{dtype:4s} {precision:13s} ckpt={ckpt!s:5s} {allocator:14s}"
+                    f"{dtype:4s} {precision:13s} ckpt={ckpt!s:5s} {measure_:17s}"
                     f" measured {got['measured'] / 2**20:6.0f} MiB"
                     f"  estimate {est['total'] / 2**20:6.0f} MiB"
                     f"  ratio {got['estimate_over_measured']:.2f}"
-                    f"  {got['tokens_per_s']:6.0f} tokens/s",
+                    f"  {got['tokens_per_s'] or 0:6.0f} tokens/s",
                     flush=True,
                 )
     result = {
