@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
@@ -112,7 +113,7 @@ class PerfectLM(torch.nn.Module):
 
     def __init__(self, tok, docs):
         super().__init__()
-        self.tok, self.seen = tok, None
+        self.tok = tok
         self.suffix = tok_ids(tok, "<|im_start|>assistant\n")
         self.answers: dict[str, list[int]] = {}
         self.docs = docs
@@ -134,18 +135,15 @@ class PerfectLM(torch.nn.Module):
         return self.answers[text]
 
     def forward(self, input_ids, attention_mask, cache=None, **_):
-        if cache is None:
-            self.seen = input_ids
-        else:
-            self.seen = torch.cat([self.seen, input_ids], dim=1)
-        cache = _Cache(self)
-        w, offset = input_ids.shape[1], self.seen.shape[1] - input_ids.shape[1]
+        # The "cache" keeps the token ids seen, so the decoder's cache moves apply to it.
+        cache = cache if cache is not None else DynamicCache()
+        as_keys = input_ids[:, None, :, None].float()
+        seen = cache.update(as_keys, as_keys, 0)[0][:, 0, :, 0].long()
+        w, offset = input_ids.shape[1], seen.shape[1] - input_ids.shape[1]
         logits = torch.zeros((*input_ids.shape, len(self.tok)))
         for row in range(input_ids.shape[0]):
             for j in range(w):
-                visible = self.seen[row, : offset + j + 1][
-                    attention_mask[row, : offset + j + 1] == 1
-                ]
+                visible = seen[row, : offset + j + 1][attention_mask[row, : offset + j + 1] == 1]
                 visible = visible.tolist()
                 n_prompt = next(
                     (
@@ -163,14 +161,6 @@ class PerfectLM(torch.nn.Module):
                 nxt = gold[len(done)] if gold[: len(done)] == done and len(done) < len(gold) else 0
                 logits[row, j, nxt] = 10.0
         return type("Out", (), {"logits": logits, "cache": cache})()
-
-
-class _Cache:
-    def __init__(self, lm):
-        self.lm = lm
-
-    def batch_select_indices(self, index):
-        self.lm.seen = self.lm.seen[index]
 
 
 def tok_ids(tok, text):

@@ -8,6 +8,7 @@ from fedmedlora.model.lora import (
     adapter_state,
     add_lora,
     load_adapter_state,
+    merged_lora,
     save_adapter,
 )
 from fedmedlora.model.registry import resolve_model
@@ -30,6 +31,31 @@ def test_fresh_adapter_equals_base_model_and_is_seeded(tiny):
     assert all(".lora_A." in k or ".lora_B." in k for k in a)
     # all linear projections of both layers: q,k,v,o,gate,up,down x 2 layers x (A,B)
     assert len(a) == 7 * 2 * 2
+
+
+def test_merged_lora_computes_the_adapted_model_and_restores_the_weights_bit_for_bit(tiny):
+    _, tok = tiny
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=4), seed=1)
+    state = adapter_state(model)
+    torch.manual_seed(0)
+    load_adapter_state(model, {k: torch.randn_like(v) * 0.1 for k, v in state.items()})
+    ids = torch.tensor([tok("chest pain, metoprolol 25 mg")["input_ids"]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapted = model(input_ids=ids).logits
+    with merged_lora(model) as merged:
+        assert merged == 7 * 2
+        assert not torch.equal(
+            model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight,
+            before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"],
+        )
+        assert torch.allclose(model(input_ids=ids).logits, adapted, atol=1e-4)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(model(input_ids=ids).logits, adapted)  # unmerged: the adapter runs again
+    with pytest.raises(RuntimeError), merged_lora(model):
+        raise RuntimeError("restored on errors too")
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
 
 
 def test_target_modules_and_rank_are_configurable():

@@ -11,16 +11,14 @@ of this project, and the grammar here contains the window's text, so it is a new
 per window; our automaton is a few lines, needs no compilation, and lets speculation
 check a proposed token in a few microseconds.
 
-Greedy choice under the constraint: the model's top token if the grammar allows it (the
-common case), else the best allowed token (the trie walk). Speculation proposes the next
-k tokens of the text still to copy (the tokenizer's own split of it), feeds them in one
-forward pass with the KV cache, and keeps the longest prefix on which that same choice
-agrees, plus the model's own token at the first disagreement: the tokens are those of
-constrained greedy decoding, one token per forward pass or several.
-
-Batching: rows are left-padded; every step feeds each row a block of its pending token
-and its proposals, padded to the widest; rejected and padded positions stay in the KV
-cache as holes that the attention mask hides, and position ids count only real tokens.
+Greedy choice under the constraint: the best of the tokens the grammar allows (the trie
+walk), scored by projecting the hidden state on their output rows only. Speculation
+proposes the next k tokens of the text still to copy (the tokenizer's own split of it),
+feeds them in one forward pass with the KV cache, and keeps the longest prefix on which
+that same choice agrees, plus the model's own token at the first disagreement: the
+tokens are those of constrained greedy decoding, one token per forward pass or several.
+The shared instruction prompt is run once; a finished window leaves the batch at once
+and a waiting one takes its place. docs/extraction.md has the measurements.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 
 from fedmedlora.model.loading import autocast
 from fedmedlora.task.markup_grammar import MarkupGrammar, State
@@ -116,11 +115,67 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
+class _Model:
+    """The model as the decoder calls it: a block of tokens through the KV cache, then the
+    logits of chosen tokens only. With a plain linear output layer the decoder projects
+    just the rows of the tokens the grammar allows (1 to ~10 of SmolLM2's 49k; the full
+    projection is a fifth of its compute per token). A monotone transform after that
+    layer (soft-capping, scaling) does not change which allowed token is best. Other
+    models (an adapted output layer, test doubles) give full logits."""
+
+    def __init__(self, model, device: torch.device, precision: str):
+        self.model, self.device, self.precision = model, device, precision
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+        self.decoder = None
+        if type(head) is torch.nn.Linear and hasattr(lm, "get_decoder"):
+            self.decoder = lm.get_decoder()
+            self.weight, self.bias = head.weight, head.bias
+
+    def forward(self, ids, mask, positions, cache, *, last_only: bool = False):
+        """Hidden states (logits without the split) of the block, and the cache."""
+        kwargs = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "position_ids": positions.to(self.device),
+            "cache": cache,
+            "use_cache": True,
+        }
+        with autocast(self.precision, self.device):
+            if self.decoder is not None:
+                out = self.decoder(**kwargs)
+                states = out.last_hidden_state
+            else:
+                out = self.model(**kwargs, logits_to_keep=1 if last_only else 0)
+                states = out.logits
+        return (states[:, -1:] if last_only else states), _cache_of(out)
+
+    def scores(self, states, where: list[int], groups: list[list[int]]) -> list[list[float]]:
+        """Logits of the tokens `groups[n]` at flat position `where[n]` of `states`."""
+        sizes = [len(g) for g in groups]
+        flat = torch.tensor([t for g in groups for t in g], dtype=torch.long)
+        at = torch.repeat_interleave(torch.tensor(where, dtype=torch.long), torch.tensor(sizes))
+        states = states.reshape(-1, states.shape[-1])
+        if self.decoder is None:
+            values = states[at.to(states.device), flat.to(states.device)].float()
+        else:
+            rows = self.weight[flat.to(self.weight.device)]
+            values = (states[at.to(states.device)].to(rows.dtype) * rows).sum(-1)
+            if self.bias is not None:
+                values = values + self.bias[flat.to(self.bias.device)]
+        values = values.float().cpu().tolist()
+        out, n = [], 0
+        for size in sizes:
+            out.append(values[n : n + size])
+            n += size
+        return out
+
+
 @dataclass
 class DecodeStats:
     generated_tokens: int = 0
     # Forward passes a window took part in, summed over windows (1 per token without
-    # speculation); model calls counts batched calls.
+    # speculation; the shared prompt prefix counts for none); model calls counts calls.
     window_forwards: int = 0
     model_calls: int = 0
 
@@ -130,6 +185,7 @@ class _Row:
     grammar: MarkupGrammar
     state: State
     budget: int
+    prompt: list[int]
     tokens: list[int] = field(default_factory=list)
     pending: int | None = None
     done: bool = False
@@ -139,38 +195,61 @@ class _Row:
 
 
 class ConstrainedDecoder:
-    def __init__(self, tokenizer, speculate_tokens: int):
+    """The batch: rows (windows being decoded), their KV cache, attention mask and
+    lengths (real tokens, which give the next position id). Holes in the cache
+    (padding, rejected proposals) are masked; a row that finishes leaves at once and a
+    waiting window takes its place (`_drop_finished`, `_prefill`)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        speculate_tokens: int,
+        *,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ):
         self.tokenizer = tokenizer
         self.vocab = vocabulary(tokenizer)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.k = speculate_tokens
+        self.lm = _Model(model, device, precision)
+        self.device = device
+        self.batch_size = batch_size
+        self.rows: list[_Row] = []
+        self.cache = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)
+        self.lengths = torch.zeros(0, dtype=torch.long)
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.prefix_len = 0
 
     # --- the greedy choice under the constraint -----------------------------------
-    def choose(self, logits: torch.Tensor, top: int, row: _Row) -> tuple[int, State]:
-        """Greedy token and the state after it. `top` is logits.argmax() (computed
-        for the whole block at once); it is the answer whenever the grammar allows it."""
-        g, s = row.grammar, row.state
-        g.tokens_left = row.budget - len(row.tokens) - 1
-        if top == self.eos:
-            if g.can_end(s):
-                return top, s
-        else:
-            data = self.vocab.token_bytes[top]
-            nxt = g.advance_bytes(s, data) if data is not None else None
-            if nxt is not None:
-                return top, nxt
-        ids = sorted(self.vocab.allowed(g, s))
-        if g.can_end(s):
-            ids = sorted([*ids, self.eos])
+    def candidates(self, row: _Row, state: State, spent: int) -> list[int]:
+        """Every token the grammar allows in `state` after `spent` tokens (end of
+        sequence where it may end), sorted: the best of them is the greedy choice, the
+        lowest id on a tie, as `argmax` over the full logits would pick."""
+        g = row.grammar
+        g.tokens_left = row.budget - spent - 1
+        ids = self.vocab.allowed(g, state)
+        if g.can_end(state):
+            ids.append(self.eos)
+        return sorted(ids)
+
+    def _best(self, ids: list[int], scores: list[float]) -> int:
         if not ids:  # cannot happen with a byte-complete vocabulary; end rather than loop
-            return self.eos, s
-        best = ids[int(logits[torch.tensor(ids)].argmax())]
-        if best == self.eos:
-            return best, s
-        nxt = g.advance_bytes(s, self.vocab.token_bytes[best])  # type: ignore[arg-type]
+            return self.eos
+        return ids[max(range(len(ids)), key=scores.__getitem__)]
+
+    def _after(self, row: _Row, state: State, token: int, spent: int) -> State:
+        """The state after `token`, chosen among `candidates(row, state, spent)`."""
+        if token == self.eos:
+            return state
+        row.grammar.tokens_left = row.budget - spent - 1
+        nxt = row.grammar.advance_bytes(state, self.vocab.token_bytes[token])  # type: ignore[arg-type]
         assert nxt is not None
-        return best, nxt
+        return nxt
 
     # --- proposals --------------------------------------------------------------------
     def propose(self, row: _Row) -> list[int]:
@@ -224,7 +303,7 @@ class ConstrainedDecoder:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
-    # --- the batched loop -------------------------------------------------------------
+    # --- the batch --------------------------------------------------------------------
     def _accept(self, row: _Row, token: int, state: State) -> None:
         row.pending, row.state = token, state
         if token == self.eos:
@@ -233,82 +312,163 @@ class ConstrainedDecoder:
             row.tokens.append(token)
             row.pending, row.done = None, True
 
+    def _prefill_prefix(self, prompts: list[list[int]], stats: DecodeStats) -> None:
+        """The instruction prompt is the same for every window: its cache is computed
+        once and copied into each new row (at least one token per row stays a suffix)."""
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        self.prefix_len, self.prefix = n, []
+        if n == 0:
+            return
+        ids = torch.tensor([first[:n]], dtype=torch.long)
+        _, cache = self.lm.forward(
+            ids, torch.ones_like(ids), torch.arange(n)[None], DynamicCache(), last_only=True
+        )
+        stats.model_calls += 1
+        self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _prefill(self, new: list[_Row], stats: DecodeStats) -> None:
+        """New rows: their prompts after the shared prefix (left-padded, so the last
+        token is in the last column; the padding is a masked hole), their first token,
+        and their cache joined to the batch's."""
+        n, p = len(new), self.prefix_len
+        ids, own = _padded([row.prompt[p:] for row in new], self.pad, left=True)
+        mask = torch.cat([torch.ones((n, p), dtype=torch.long), own], dim=1)
+        positions = p + (own.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(
+            ddp_cache_data=[
+                (k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.prefix
+            ]
+        )
+        states, cache = self.lm.forward(ids, mask, positions, cache, last_only=True)
+        stats.model_calls += 1
+        stats.window_forwards += n
+        groups = [self.candidates(row, row.state, 0) for row in new]
+        scores = self.lm.scores(states, list(range(n)), groups)
+        for row, g, s in zip(new, groups, scores, strict=True):
+            token = self._best(g, s)
+            self._accept(row, token, self._after(row, row.state, token, 0))
+        lengths = mask.sum(-1)
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.lengths = new, cache, mask, lengths
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_widen(mine.keys, width), _widen(theirs.keys, width)])
+            mine.values = torch.cat([_widen(mine.values, width), _widen(theirs.values, width)])
+        self.mask = torch.cat([_widen(self.mask, width), _widen(mask, width)])
+        self.lengths = torch.cat([self.lengths, lengths])
+        self.rows = self.rows + new
+
+    def _step(self, stats: DecodeStats) -> None:
+        """One forward pass: each row's pending token and its proposals."""
+        blocks, paths, groups = [], [], []
+        for row in self.rows:
+            block = [row.pending, *self.propose(row)]
+            path = [row.state]  # the state before choosing at each position
+            spent = len(row.tokens) + 1
+            for j in range(len(block)):
+                groups.append(self.candidates(row, path[j], spent + j))
+                if j + 1 == len(block):
+                    break
+                nxt = row.grammar.advance_bytes(path[j], self.vocab.token_bytes[block[j + 1]])  # type: ignore[arg-type]
+                if nxt is None:  # not a proposal the grammar allows: stop the block here
+                    del block[j + 1 :]
+                    break
+                path.append(nxt)
+            blocks.append(block)
+            paths.append(path)
+        ids, block_mask = _padded(blocks, self.pad, left=False)
+        w = ids.shape[1]
+        where = [i * w + j for i, block in enumerate(blocks) for j in range(len(block))]
+        positions = self.lengths[:, None] + torch.arange(w)[None, :]
+        self.mask = torch.cat([self.mask, block_mask], dim=1)
+        states, self.cache = self.lm.forward(ids, self.mask, positions, self.cache)
+        stats.model_calls += 1
+        stats.window_forwards += len(self.rows)
+        scores = self.lm.scores(states, where, groups)
+        n = 0
+        for i, (row, block, path) in enumerate(zip(self.rows, blocks, paths, strict=True)):
+            row.tokens.append(block[0])
+            j = 0
+            while True:
+                token = self._best(groups[n + j], scores[n + j])
+                if j + 1 < len(block) and token == block[j + 1]:
+                    row.state = path[j + 1]
+                    row.tokens.append(token)
+                    j += 1
+                    if len(row.tokens) >= row.budget:
+                        row.done, row.pending = True, None
+                        break
+                    continue
+                self._accept(row, token, self._after(row, path[j], token, len(row.tokens)))
+                break
+            n += len(block)
+            self.mask[i, self.mask.shape[1] - w + j + 1 :] = 0  # rejected proposals: holes
+            self.lengths[i] += j + 1
+        self._compact()
+
+    def _drop_finished(self) -> list[_Row]:
+        done = [row for row in self.rows if row.done]
+        if not done:
+            return done
+        keep = torch.tensor(
+            [i for i, row in enumerate(self.rows) if not row.done], dtype=torch.long
+        )
+        self.rows = [row for row in self.rows if not row.done]
+        self.mask, self.lengths = self.mask[keep], self.lengths[keep]
+        if self.rows:
+            self.cache.batch_select_indices(keep.to(self.device))
+            self._compact()
+        else:
+            self.cache = None
+        return done
+
+    def _compact(self) -> None:
+        """Move each row's real tokens to the front of the cache once holes are many
+        (their order, hence the positions baked into the keys, is kept)."""
+        real = self.mask.sum(-1)
+        width = int(real.max())
+        if self.mask.shape[1] - width <= max(16, width // 4):
+            return
+        order = torch.sort(1 - self.mask, dim=1, stable=True).indices[:, :width].to(self.device)
+        for layer in self.cache.layers:
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, index)
+            layer.values = layer.values.gather(2, index)
+        self.mask = (torch.arange(width)[None, :] < real[:, None]).long()
+
     @torch.no_grad()
     def run(
         self,
-        model,
         prompts: list[list[int]],
         grammars: list[MarkupGrammar],
         budgets: list[int],
-        device: torch.device,
-        precision: str,
         stats: DecodeStats,
+        on_done: Callable[[int], None] | None = None,
     ) -> list[str]:
-        rows = [_Row(g, g.start(), b) for g, b in zip(grammars, budgets, strict=True)]
-        ids, mask = _padded(prompts, self.pad, left=True)
-        lengths = mask.sum(-1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with autocast(precision, device):
-            out = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                use_cache=True,
-                logits_to_keep=1,  # the vocabulary projection of every prompt token is waste
-            )
-        cache = _cache_of(out)
-        stats.model_calls += 1
-        stats.window_forwards += len(rows)
-        logits = out.logits[:, -1].float().cpu()
-        tops = logits.argmax(-1).tolist()
-        for r, row in enumerate(rows):
-            self._accept(row, *self.choose(logits[r], tops[r], row))
-        live = list(range(len(rows)))  # rows still in the batch tensors, in order
-        while True:
-            keep = [i for i, r in enumerate(live) if not rows[r].done]
-            if not keep:
-                break
-            if len(keep) < len(live):
-                index = torch.tensor(keep)
-                cache.batch_select_indices(index.to(device))
-                mask, lengths = mask[index], lengths[index]
-                live = [live[i] for i in keep]
-            blocks = [[rows[r].pending, *self.propose(rows[r])] for r in live]
-            block, block_mask = _padded(blocks, self.pad, left=False)
-            w = block.shape[1]
-            positions = lengths[:, None] + torch.arange(w)[None, :]
-            mask = torch.cat([mask, block_mask], dim=1)
-            with autocast(precision, device):
-                out = model(
-                    input_ids=block.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    cache=cache,
-                    use_cache=True,
-                )
-            cache = _cache_of(out)
-            stats.model_calls += 1
-            stats.window_forwards += len(live)
-            logits = out.logits.float().cpu()
-            tops = logits.argmax(-1).tolist()
-            for i, r in enumerate(live):
-                row, b = rows[r], blocks[i]
-                row.tokens.append(b[0])
-                j = 0
-                while True:
-                    token, state = self.choose(logits[i, j], tops[i][j], row)
-                    if j + 1 < len(b) and token == b[j + 1] and not row.done:
-                        row.state = state
-                        row.tokens.append(token)
-                        j += 1
-                        if len(row.tokens) >= row.budget:
-                            row.done, row.pending = True, None
-                        continue
-                    if not row.done:
-                        self._accept(row, token, state)
-                    break
-                mask[i, mask.shape[1] - w + j + 1 :] = 0  # rejected proposals: holes
-                lengths[i] += j + 1
+        """Constrained greedy outputs. Windows enter in order of prompt length (less
+        padding); a finished row leaves at once and waiting ones take free places,
+        a quarter of the batch at a time (each entry is a forward pass of its own)."""
+        rows = [
+            _Row(g, g.start(), b, p) for p, g, b in zip(prompts, grammars, budgets, strict=True)
+        ]
+        waiting = sorted(range(len(rows)), key=lambda i: (len(prompts[i]), budgets[i]))
+        waiting.reverse()  # popped from the end
+        self._prefill_prefix(prompts, stats)
+        refill = max(1, self.batch_size // 4)
+        while waiting or self.rows:
+            free = self.batch_size - len(self.rows)
+            if waiting and free >= min(refill, len(waiting)):
+                self._prefill([rows[waiting.pop()] for _ in range(min(free, len(waiting)))], stats)
+            finished = self._drop_finished()
+            if self.rows:
+                self._step(stats)
+                finished += self._drop_finished()
+            if finished and on_done:
+                on_done(len(finished))
         outputs = []
         for row in rows:
             data = b"".join(self.vocab.token_bytes[t] or b"" for t in row.tokens)
@@ -330,27 +490,30 @@ def constrained_generate(
     precision: str,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[str], DecodeStats]:
-    """Constrained greedy outputs, batched by prompt length to limit padding."""
-    decoder = ConstrainedDecoder(tokenizer, speculate_tokens)
+    """Constrained greedy outputs; `on_batch(n)` as n windows finish."""
     stats = DecodeStats()
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i]))
-    outputs: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        texts = decoder.run(
-            model,
-            [prompts[i] for i in idx],
-            [grammars[i] for i in idx],
-            [budgets[i] for i in idx],
-            device,
-            precision,
-            stats,
-        )
-        for i, text in zip(idx, texts, strict=True):
-            outputs[i] = text
-        if on_batch:
-            on_batch(len(idx))
-    return outputs, stats
+    if not prompts:
+        return [], stats
+    decoder = ConstrainedDecoder(
+        model,
+        tokenizer,
+        speculate_tokens,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
+    return decoder.run(prompts, grammars, budgets, stats, on_batch), stats
+
+
+def _widen(t: torch.Tensor, width: int) -> torch.Tensor:
+    """`t` with masked holes appended along its sequence axis (a mask's last, a cache
+    tensor's second last) up to `width`."""
+    axis = t.dim() - 1 if t.dim() == 2 else t.dim() - 2
+    missing = width - t.shape[axis]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - axis) + [0, missing]
+    return torch.nn.functional.pad(t, pad)
 
 
 def _padded(seqs: list[list[int]], pad: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

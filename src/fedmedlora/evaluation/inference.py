@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.evaluation.decoding import constrained_generate
 from fedmedlora.model.loading import autocast
+from fedmedlora.model.lora import merged_lora
 from fedmedlora.task.chunking import Chunk, assemble
 from fedmedlora.task.markup import parse
 from fedmedlora.task.markup_grammar import MarkupGrammar
@@ -42,6 +44,9 @@ class GenerationSettings(BaseModel):
     )
     speculate_tokens: int = Field(
         8, ge=0, le=64, description="copy speculation: text tokens checked per pass (0: off)"
+    )
+    merge_adapter: bool = Field(
+        True, description="fold LoRA into the base weights while generating (restored exactly)"
     )
 
 
@@ -171,25 +176,26 @@ def extract(
                 grammars.append(MarkupGrammar(ch.text, entity_types, schema))
                 tags = min(settings.max_new_tokens, budgets[-1])
                 budgets[-1] = grammars[-1].token_budget(tags)
-    if settings.constrained and work:
-        outputs, decoded = constrained_generate(
-            model,
-            tokenizer,
-            prompts,
-            grammars,
-            budgets,
-            batch_size=settings.batch_size,
-            speculate_tokens=settings.speculate_tokens,
-            device=device,
-            precision=precision,
-            on_batch=on_batch,
-        )
-        stats.generated_tokens = decoded.generated_tokens
-        stats.forward_passes = decoded.window_forwards
-    else:
-        outputs, stats.generated_tokens, stats.forward_passes = generate(
-            model, tokenizer, prompts, budgets, settings, device, precision, on_batch
-        )
+    with merged_lora(model) if settings.merge_adapter else nullcontext():
+        if settings.constrained and work:
+            outputs, decoded = constrained_generate(
+                model,
+                tokenizer,
+                prompts,
+                grammars,
+                budgets,
+                batch_size=settings.batch_size,
+                speculate_tokens=settings.speculate_tokens,
+                device=device,
+                precision=precision,
+                on_batch=on_batch,
+            )
+            stats.generated_tokens = decoded.generated_tokens
+            stats.forward_passes = decoded.window_forwards
+        else:
+            outputs, stats.generated_tokens, stats.forward_passes = generate(
+                model, tokenizer, prompts, budgets, settings, device, precision, on_batch
+            )
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
         parsed = parse(text, ch.text, schema, entity_types)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,6 +51,39 @@ def add_lora(model, settings: LoraSettings, task_type: str = "CAUSAL_LM", seed: 
         torch.manual_seed(seed)
         wrapped = get_peft_model(model, settings.peft_config(task_type))
     return wrapped.eval()  # the training loop switches to train mode itself
+
+
+@contextmanager
+def merged_lora(model) -> Iterator[int]:
+    """LoRA folded into the base weights while the block runs (generation: one matmul per
+    layer instead of three), then the base weights copied back bit for bit: unmerging by
+    subtraction would leave float rounding in them. Yields the number of layers merged;
+    layers on a quantized base (no float weight) stay as they are. Costs a copy of the
+    adapted base weights, kept on the CPU."""
+    from peft.tuners.lora import LoraLayer
+
+    saved: list[tuple[LoraLayer, dict[str, torch.Tensor]]] = []
+    try:
+        with torch.no_grad():
+            for module in model.modules() if isinstance(model, torch.nn.Module) else ():
+                if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
+                    continue
+                base = module.get_base_layer()
+                weight = getattr(base, "weight", None)
+                if weight is None or not weight.dtype.is_floating_point:
+                    continue
+                params = dict(base.named_parameters(recurse=False))
+                saved.append(
+                    (module, {n: p.detach().to("cpu", copy=True) for n, p in params.items()})
+                )
+                module.merge()
+        yield len(saved)
+    finally:
+        with torch.no_grad():
+            for module, params in saved:
+                for name, p in module.get_base_layer().named_parameters(recurse=False):
+                    p.copy_(params[name])
+                module.merged_adapters.clear()
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
