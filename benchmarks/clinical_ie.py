@@ -1,87 +1,83 @@
-"""Clinical IE on real public corpora: every protocol x every method.
+"""Clinical IE on real public corpora: every protocol x every method, over several
+training seeds, with bootstrap intervals over test documents.
 
 Sites (federated): MACCROBAT (case reports, brat), Chia (trial criteria, brat), BC5CDR
-(train + dev, PubTator), each split into train/test with a fixed seed. External
-validation (never trained on): the NCBI-disease test set and the BC5CDR test set. New
-site: NCBI-disease with k labelled training documents.
+(train + dev, PubTator), each split into train/test once (`--seed`, fixed for every
+training seed). External validation (never trained on): the NCBI-disease test set and
+the BC5CDR test set. New site: NCBI-disease with k labelled training documents.
 
-Methods: zero-shot base LLM (instructions + a definition per type), single-site (each
-site alone), centralized (all training data pooled: the upper bound), Fed-MedLoRA
-(Flower simulation), and the BERT baseline (MiniLM + token-classification head, LoRA)
-single-site, centralized and federated through the same Flower path.
+Methods: zero-shot base LLM, single-site (each site alone), centralized (all training
+data pooled), Fed-MedLoRA (Flower simulation) and its variants (`--sweep`, `--corrupt`),
+and the BERT baseline (MiniLM + token-classification head, LoRA) single-site,
+centralized and federated through the same Flower path.
 
     .venv/bin/python benchmarks/clinical_ie.py --data ../shared/data
 
-The default budget is sized for 2 hours on a 2-core CPU: evaluation uses a seeded
-sample of --eval-windows sentence windows per test set, training a fixed number of
-steps. Measured on such a machine (AMD EPYC without fast bf16, so fp32; nothing else
-running), the defaults took 1h45m (6285 s): zero-shot 393 s, Fed-MedLoRA 625 s,
-single-site 1372 s, centralized 939 s, new-site 1349 s, the BERT baselines 1601 s; peak
-memory 7.6 GiB. A budget of 32 windows and 15 steps per round projected to about 2.5
-hours there. On a GPU, scale up, e.g. --rounds 10 --local-steps 100 --batch-size 16
---eval-windows 1000. Writes OUT/results.json (after every phase), OUT/report.md (tables)
-and plots; --resume continues a run that stopped.
+Evaluation: `--eval-windows N` scores a seeded sample of N sentence windows per test set
+(default 300, the same windows for every method and seed); `--eval-windows 0` scores
+whole test splits. Every model is scored here, per window, so every cell has a 95%
+interval resampling test documents (windows of one document move together) and every
+comparison is paired (clinical_ie_report.py). Each finished cell (method x seed) is
+written to OUT/results.json at once; `--resume` skips the cells already there (same
+arguments), so a stopped run loses at most the cell it was in. Wall time: docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clinical_ie_report import write_report  # beside this script
 from fedmedlora.cli.common import quiet_libraries
-from fedmedlora.config import RunConfig, parse_config
+from fedmedlora.config import Recipe, RunConfig, parse_config
+from fedmedlora.data.document import Document
+from fedmedlora.data.formats.jsonl import load_jsonl, write_jsonl
 from fedmedlora.data.formats.readers import read_any
 from fedmedlora.data.mapping import load_mapping, map_documents
-from fedmedlora.data.schema import load_schema
+from fedmedlora.data.schema import Schema, load_schema
+from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData, load_site, sample_windows
-from fedmedlora.evaluation.metrics import Scores
+from fedmedlora.evaluation.bootstrap import micro_counts
+from fedmedlora.evaluation.metrics import Scores, score_document
 from fedmedlora.evaluation.protocols import (
     EvalSet,
-    evaluate_state,
     load_peft_adapter,
     sample_documents,
     train_local,
 )
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.federation.simulation import simulate
-from fedmedlora.training.recipe import initial_adapter
+from fedmedlora.model.lora import load_adapter_state
+from fedmedlora.training.recipe import initial_adapter, loaded_model, predict
 from resuming import check_same_arguments, saved_arguments  # beside this script
 
 SITES = ("maccrobat", "chia", "bc5cdr")
 EXTERNAL = ("ncbi_test", "bc5cdr_test")
-HEADLINE = ("entity_strict_f1", "entity_lenient_f1", "relation_strict_f1", "relation_lenient_f1")
+# Arguments that choose which cells run, not what a cell computes: a resumed run may
+# change them (e.g. add seeds, or the BERT cells, to a finished run).
+SELECTION = ("resume", "seeds", "skip_bert", "only", "sweep", "corrupt", "k")
 
 
-def site_sources(
-    data: Path, args: argparse.Namespace, max_train_docs: int | None = None
-) -> list[dict[str, Any]]:
-    """The three sites (aggregation_methods.py uses the same definitions)."""
-    common = {
-        "test_fraction": 0.2,
-        "test_windows": args.eval_windows,
-        "window_chars": args.window_chars,
-        "max_train_docs": max_train_docs,
-    }
+# --- data -------------------------------------------------------------------------------
+def corpus_sources(data: Path) -> list[dict[str, Any]]:
+    """The three sites' original files (aggregation_methods.py uses the same corpora)."""
     return [
         {
             "name": "maccrobat",
             "train": str(data / "maccrobat/MACCROBAT2020"),
             "format": "brat",
             "mapping": "maccrobat",
-            **common,
         },
         {
             "name": "chia",
             "train": str(data / "chia/chia_without_scope"),
             "format": "brat",
             "mapping": "chia",
-            **common,
         },
         {
             "name": "bc5cdr",
@@ -91,15 +87,124 @@ def site_sources(
             ],
             "format": "pubtator",
             "mapping": "bc5cdr",
-            **common,
         },
     ]
 
 
-def run_config(args: argparse.Namespace, data: Path, bert: bool) -> RunConfig:
+def test_sample(docs: list[Document], args: argparse.Namespace) -> list[Document]:
+    """What a test set is scored on: whole documents, or a seeded window sample."""
+    if args.eval_windows == 0:
+        return docs
+    return sample_windows(docs, args.eval_windows, args.window_chars, args.seed)
+
+
+def prepare_splits(args: argparse.Namespace, out: Path, schema: Schema) -> Path:
+    """Write each site's train/test split and each external test sample as JSONL, once:
+    the same documents for every training seed (the run config's seed also seeds a
+    site's split, so the federation reads these fixed files instead)."""
+    folder = out / "splits"
+    if (folder / "done").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    data = args.data.resolve()
+    raw = {"sites": [{**s, "test_fraction": 0.2} for s in corpus_sources(data)]}
+    settings = parse_config({"data": raw}, "benchmark data").data
+    for name in SITES:
+        site = load_site(settings, name, schema, args.seed)
+        train = site.train[: args.max_train_docs] if args.max_train_docs else site.train
+        write_jsonl(train, folder / f"{name}.train.jsonl", schema)
+        write_jsonl(test_sample(site.test, args), folder / f"{name}.test.jsonl", schema)
+        (folder / f"{name}.types.json").write_text(json.dumps(site.spec.model_dump()))
+    for name, file, mapping in (
+        ("ncbi_test", "ncbi_disease/NCBItestset_corpus.txt", "ncbi_disease"),
+        ("bc5cdr_test", "bc5cdr/CDR_TestSet.PubTator.txt", "bc5cdr"),
+        ("ncbi_train", "ncbi_disease/NCBItrainset_corpus.txt", "ncbi_disease"),
+    ):
+        m = load_mapping(mapping)
+        docs, _ = map_documents(read_any(data / file, "pubtator").documents, m, schema)
+        docs = docs if name == "ncbi_train" else test_sample(docs, args)
+        write_jsonl(docs, folder / f"{name}.jsonl", schema)
+        (folder / f"{name}.types.json").write_text(json.dumps(m.site_spec(name).model_dump()))
+    (folder / "done").write_text("")
+    return folder
+
+
+def site_config(folder: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = SiteSpec(**json.loads((folder / f"{name}.types.json").read_text()))
+    return {
+        "name": name,
+        "train": str(folder / f"{name}.train.jsonl"),
+        # The sites' own final evaluation inside Flower is skipped in effect (one window):
+        # every model is scored here, per document, on the full test sample.
+        "test": str(folder / f"{name}.test.jsonl"),
+        "max_test_docs": 1,
+        "format": "jsonl",
+        "entity_types": spec.entity_types,
+        "relation_types": spec.relation_types,
+        "corrupt_labels": args.corrupt_fraction if name == args.corrupt_site else 0.0,
+    }
+
+
+# --- configs ------------------------------------------------------------------------------
+def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Federated variants, each as overrides of the default Fed-MedLoRA run. The sweep's
+    schedules keep the total local steps per site (rounds x steps) of the default."""
+    out: dict[str, dict[str, Any]] = {"fedmedlora": {}}
+    if args.mask_unannotated:
+        out["fedmedlora"] = {"train.mask_unannotated_types": True}
+    if args.sweep:
+        total = args.rounds * args.local_steps
+        for sched in args.sweep_schedules:
+            r, s = (int(x) for x in sched.split("x"))
+            if r * s != total:
+                raise SystemExit(
+                    f"--sweep-schedules {sched}: {r * s} steps per site, not {total} "
+                    f"(--rounds x --local-steps): the sweep compares equal compute"
+                )
+            if (r, s) != (args.rounds, args.local_steps):
+                out[f"fed:{sched}"] = {"federation.rounds": r, "train.local_steps": s}
+        for lr in args.sweep_lr:
+            out[f"fed:lr{lr:g}"] = {"train.learning_rate": lr}
+        for w in args.sweep_warmup:
+            out[f"fed:warmup{w}"] = {"train.warmup_steps": w}
+        out["fed:fedavgm"] = {
+            "federation.aggregation.method": "fedavgm",
+            "federation.aggregation.server_momentum": args.server_momentum,
+        }
+        out["fed:plus-mix"] = plus_overrides(args)
+        out["fed:mask" if not args.mask_unannotated else "fed:nomask"] = {
+            "train.mask_unannotated_types": not args.mask_unannotated
+        }
+    if args.corrupt_site:
+        out["fed:corrupt"] = {"corrupt": True}
+        out["fed+:corrupt"] = {"corrupt": True, **plus_overrides(args)}
+    return out
+
+
+def plus_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "federation.aggregation.method": "fedmedlora+",
+        "federation.aggregation.size_mix": args.size_mix,
+        "train.validation_fraction": 0.1,
+    }
+
+
+def run_config(
+    args: argparse.Namespace,
+    folder: Path,
+    seed: int,
+    bert: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    overrides = dict(overrides or {})
+    corrupt = overrides.pop("corrupt", False)
+    sites = [site_config(folder, n, args) for n in SITES]
+    if not corrupt:
+        for s in sites:
+            s["corrupt_labels"] = 0.0
     raw: dict[str, Any] = {
         "name": "clinical-ie-bert" if bert else "clinical-ie",
-        "seed": args.seed,
+        "seed": seed,
         "model": {
             "name": args.bert_model if bert else args.model,
             "task": "tagging" if bert else "generative",
@@ -118,89 +223,253 @@ def run_config(args: argparse.Namespace, data: Path, bert: bool) -> RunConfig:
                 "learning_rate": args.lr,
                 "batch_size": args.batch_size,
                 "local_steps": args.local_steps,
-                "warmup_steps": 3,
+                "warmup_steps": args.warmup,
             }
         ),
         "generation": {"batch_size": 16, "max_new_tokens": args.max_new_tokens},
-        "data": {"sites": site_sources(data, args, args.max_train_docs)},
-        # Zero-shot is measured once outside the federation, and every method is scored
-        # after training: per-round evaluation would double the budget on a CPU.
+        "data": {"sites": sites},
         "federation": {"rounds": args.rounds, "evaluate_every": 0, "evaluate_zero_shot": False},
         "simulation": {"client_cpus": 0.6, "client_threads": 1},
     }
+    if not bert and args.mask_unannotated:
+        raw["train"]["mask_unannotated_types"] = True
+    for dotted, value in overrides.items():
+        node = raw
+        *path, leaf = dotted.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     return parse_config(raw, "benchmark config")
 
 
-def external_set(name: str, path: Path, mapping: str, args, schema) -> EvalSet:
-    m = load_mapping(mapping)
-    docs, _ = map_documents(read_any(path, "pubtator").documents, m, schema)
-    return EvalSet(
-        name,
-        "external",
-        sample_windows(docs, args.eval_windows, args.window_chars, args.seed),
-        m.site_spec(name),
-    )
+def local_recipe(config: RunConfig) -> Recipe:
+    # Sites in the simulation run one thread each (several share the CPU); the phases that
+    # run here, one model at a time, use every core.
+    return config.recipe().model_copy(update={"threads": None})
+
+
+# --- cells --------------------------------------------------------------------------------
+def cell_id(method: str, seed: int | None) -> str:
+    """A cell: one method (one trained model) and one training seed ("zero-shot": none)."""
+    return method if seed is None else f"{method}@{seed}"
+
+
+def parse_cell(cell: str) -> tuple[str, int | None]:
+    method, _, seed = cell.partition("@")
+    return method, int(seed) if seed else None
+
+
+def planned_cells(args: argparse.Namespace) -> list[str]:
+    """Every cell of this run, in the order they run (new-site cells need the federated
+    adapter of their seed; the BERT cells come last)."""
+    only = set(args.only or [])
+
+    def wanted(method: str) -> bool:
+        family = method.split(":")[0]
+        return not only or method in only or family in only
+
+    cells = ["zero-shot"] if wanted("zero-shot") else []
+    for seed in range(args.seeds):
+        methods = list(variants(args))
+        methods += [f"single-site:{s}" for s in SITES] + ["centralized"]
+        methods += [f"new-site:k{k}:{start}" for k in args.k if k for start in ("base", "fed")]
+        if not args.skip_bert:
+            methods += [f"bert-single-site:{s}" for s in SITES]
+            methods += ["bert-centralized", "bert-fed"]
+        cells += [cell_id(m, seed) for m in methods if wanted(m)]
+    return cells
+
+
+def pending(planned: list[str], done: dict[str, Any]) -> list[str]:
+    return [c for c in planned if c not in done]
+
+
+def document_scores(
+    recipe: Recipe, state: dict, sets: list[EvalSet], zero_shot: bool, log: Callable
+) -> dict[str, Any]:
+    """Per-window micro counts of one adapter on every set (what the bootstrap needs)."""
+    load_adapter_state(loaded_model(recipe).model, state)
+    out: dict[str, Any] = {}
+    for s in sets:
+        began = time.perf_counter()
+        preds, stats = predict(recipe, s.docs, s.spec, zero_shot_prompt=zero_shot)
+        by_id = {p.id: p for p in preds}
+        total, rows = Scores(), []
+        for doc in s.docs:
+            scores = score_document(doc, by_id[doc.id], s.spec.entity_types, s.spec.relation_types)
+            total += scores
+            rows.append(micro_counts(scores))
+        summary = total.summary()
+        out[s.name] = {"summary": summary, "counts": rows, "windows": stats.chunks}
+        log(
+            f"    {s.name:<12} entity strict {summary['entity_strict_f1']:.3f} lenient "
+            f"{summary['entity_lenient_f1']:.3f} ({stats.chunks} windows, "
+            f"{time.perf_counter() - began:.0f}s)"
+        )
+    return out
 
 
 class Bench:
+    """results.json: the arguments, the sets, and one entry per finished cell."""
+
     def __init__(self, out: Path, args: argparse.Namespace):
         self.out, self.began = out, time.perf_counter()
         self.data: dict[str, Any] = {
             "benchmark": "clinical_ie",
             "args": saved_arguments(args),
             "sets": {},
-            "methods": {},
-            "new_site": {},
+            "cells": {},
             "timing_s": {},
         }
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.began:7.0f}s] {msg}", flush=True)
 
-    def phase(self, name: str, began: float) -> None:
-        """Add this phase's time (a resumed run adds to what the first one spent)."""
-        spent = self.data["timing_s"].get(name, 0.0) + time.perf_counter() - began
-        self.data["timing_s"][name] = round(spent, 1)
-        self.data["timing_s"]["total"] = round(time.perf_counter() - self.began, 1)
-        self.save()
-
-    def record(self, method: str, family: str, scores: dict[str, Scores], **extra) -> None:
-        self.data["methods"][method] = {
-            "family": family,
-            **extra,
-            "scores": {s: {**sc.summary(), "detail": sc.as_dict()} for s, sc in scores.items()},
-        }
-        self.save()
-
     def save(self) -> None:
+        self.data["timing_s"]["total"] = round(time.perf_counter() - self.began, 1)
         write_json_atomic(self.data, self.out / "results.json")
 
     def resume(self, saved: dict[str, Any]) -> None:
-        """Continue a run that stopped: keep what it measured, under the same arguments."""
-        check_same_arguments(self.data["args"], saved["args"], str(self.out))
-        for key in ("methods", "new_site", "timing_s", "fedmedlora_rounds", "communication"):
-            if key in saved:
-                self.data[key] = saved[key]
-        self.began -= saved["timing_s"].get("total", 0.0)  # total: both runs' time
-        self.log(f"resumed: {sorted(self.data['methods'])} already measured")
+        """Keep the cells of a run that stopped, if it ran with the same arguments."""
+        check_same_arguments(self.data["args"], saved["args"], str(self.out), ignore=SELECTION)
+        self.data["cells"] = saved.get("cells", {})
+        self.data["timing_s"] = saved.get("timing_s", {})
+        self.began -= self.data["timing_s"].get("total", 0.0)  # total: every run's time
+        self.log(f"resumed: {len(self.data['cells'])} cells already measured")
 
-    def has(self, method: str) -> bool:
-        return method in self.data["methods"]
+    def record(self, cell: str, sets: dict[str, Any], began: float, **extra: Any) -> None:
+        seconds = round(time.perf_counter() - began, 1)
+        self.data["cells"][cell] = {"seconds": seconds, **extra, "sets": sets}
+        self.save()
+        self.log(f"cell {cell} done in {seconds:.0f}s")
 
 
-def main() -> None:
+def load_sets(folder: Path, with_sites: bool = True) -> tuple[list[EvalSet], list[Document]]:
+    def spec(name: str) -> SiteSpec:
+        return SiteSpec(**json.loads((folder / f"{name}.types.json").read_text()))
+
+    sets = [EvalSet(n, "in-domain", load_jsonl(folder / f"{n}.test.jsonl"), spec(n)) for n in SITES]
+    sets += [EvalSet(n, "external", load_jsonl(folder / f"{n}.jsonl"), spec(n)) for n in EXTERNAL]
+    return sets, load_jsonl(folder / "ncbi_train.jsonl")
+
+
+def describe_sets(sets: list[EvalSet], folder: Path) -> dict[str, Any]:
+    out = {}
+    for s in sets:
+        out[s.name] = {
+            "setting": s.setting,
+            "windows": len(s.docs),
+            "documents": len({d.meta.get("source_document", d.id) for d in s.docs}),
+            # The bootstrap's resampling unit for each scored window, in order.
+            "groups": [d.meta.get("source_document", d.id) for d in s.docs],
+            "entities": sum(len(d.entities) for d in s.docs),
+            "relations": sum(len(d.relations) for d in s.docs),
+            "entity_types": s.spec.entity_types,
+            "relation_types": s.spec.relation_types,
+        }
+        train = folder / f"{s.name}.train.jsonl"
+        if train.is_file():
+            out[s.name]["train_documents"] = sum(1 for _ in train.open())
+    return out
+
+
+def run_cell(
+    cell: str,
+    bench: Bench,
+    args: argparse.Namespace,
+    folder: Path,
+    sets: list[EvalSet],
+    ncbi_train: list[Document],
+) -> None:
+    """Train (or load) one cell's model and score it on every set."""
+    method, seed = parse_cell(cell)
+    seed = seed or 0
+    began = time.perf_counter()
+    log = bench.log
+    in_domain = [s for s in sets if s.setting == "in-domain"]
+    bert = method.startswith("bert")
+    config = run_config(args, folder, seed, bert=bert)
+    recipe = local_recipe(config)
+    steps = args.rounds * (args.bert_steps if bert else args.local_steps)
+    sites = {
+        s.name: SiteData(s.spec, load_jsonl(folder / f"{s.name}.train.jsonl"), [])
+        for s in in_domain
+    }
+    fed_variants = variants(args)
+    if method == "zero-shot":
+        log("zero-shot base LLM")
+        scores = document_scores(recipe, initial_adapter(recipe), sets, True, log)
+        bench.record(cell, scores, began)
+    elif method in fed_variants or method == "bert-fed":
+        overrides = fed_variants.get(method, {})
+        fed_config = run_config(args, folder, seed, bert=bert, overrides=overrides)
+        log(f"{method} (seed {seed}): Flower simulation, {overrides or 'default settings'}")
+        run_dir = bench.out / f"seed{seed}" / method.replace(":", "_").replace("+", "plus")
+        if run_dir.exists():  # a cell that stopped part-way starts over
+            shutil.rmtree(run_dir)
+        results = simulate(fed_config, run_dir)
+        state = load_peft_adapter(run_dir / "adapter")
+        scores = document_scores(local_recipe(fed_config), state, sets, False, log)
+        comm = {k: v for k, v in results["communication"].items() if k != "per_round"}
+        rounds = [r.get("train") for r in results["rounds"] if r.get("train")]
+        bench.record(cell, scores, began, overrides=overrides, communication=comm, train=rounds)
+    elif method.startswith(("single-site:", "bert-single-site:")):
+        name = method.split(":")[1]
+        log(f"{method} (seed {seed}): {steps} steps")
+        state, stats = train_local(recipe, [sites[name]], steps, seed=seed)
+        scores = document_scores(recipe, state, sets, False, log)
+        bench.record(cell, scores, began, final_loss=stats.losses[-1])
+    elif method in ("centralized", "bert-centralized"):
+        log(f"{method} (seed {seed}): {len(sites) * steps} steps on pooled data")
+        state, stats = train_local(recipe, list(sites.values()), len(sites) * steps, seed=seed)
+        scores = document_scores(recipe, state, sets, False, log)
+        bench.record(cell, scores, began, final_loss=stats.losses[-1])
+    elif method.startswith("new-site:"):
+        _, k_text, start = method.split(":")
+        k = int(k_text.removeprefix("k"))
+        ncbi = next(s for s in sets if s.name == "ncbi_test")
+        labelled = sample_documents(ncbi_train, k, seed)
+        if start == "fed":
+            fed_dir = bench.out / f"seed{seed}" / "fedmedlora" / "adapter"
+            if not fed_dir.is_dir():
+                raise SystemExit(f"{cell}: needs the Fed-MedLoRA adapter of seed {seed}")
+            origin = load_peft_adapter(fed_dir)
+        else:
+            origin = initial_adapter(recipe)
+        log(f"{method} (seed {seed}): {k} documents, {args.new_site_steps} steps, lr {args.lr}")
+        state, _ = train_local(
+            recipe,
+            [SiteData(ncbi.spec, labelled, [])],
+            args.new_site_steps,
+            start=origin,
+            seed=seed,
+        )
+        scores = document_scores(recipe, state, [ncbi], False, log)
+        bench.record(cell, scores, began, k=k, steps=args.new_site_steps, lr=args.lr)
+    else:
+        raise SystemExit(f"unknown cell {cell!r}")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/clinical_ie"))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the data split and window sample")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per method")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--bert-model", default="minilm-l6")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=10, help="LLM steps per site per round")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=3, help="warmup steps (of all rounds)")
     ap.add_argument("--bert-steps", type=int, default=20, help="BERT steps per site per round")
-    ap.add_argument("--eval-windows", type=int, default=20)
+    ap.add_argument(
+        "--eval-windows",
+        type=int,
+        default=300,
+        help="seeded windows per test set; 0: whole test splits",
+    )
     ap.add_argument("--window-chars", type=int, default=240)
     ap.add_argument("--max-new-tokens", type=int, default=200, help="generation length cap")
     ap.add_argument("--new-site-steps", type=int, default=10)
@@ -209,188 +478,71 @@ def main() -> None:
         "--max-train-docs",
         type=int,
         default=None,
-        help="keep this many training documents per site (after the seeded split); all by default",
+        help="keep this many training documents per site (after the split)",
     )
+    ap.add_argument(
+        "--mask-unannotated",
+        action="store_true",
+        help="train.mask_unannotated_types for every LLM model",
+    )
+    ap.add_argument("--sweep", action="store_true", help="add the federated sweep's variants")
+    ap.add_argument(
+        "--sweep-schedules",
+        nargs="+",
+        default=["8x5", "2x20"],
+        help="rounds x local steps, each equal to --rounds x --local-steps",
+    )
+    ap.add_argument("--sweep-lr", type=float, nargs="*", default=[1e-3, 4e-3])
+    ap.add_argument("--sweep-warmup", type=int, nargs="*", default=[10])
+    ap.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM's momentum")
+    ap.add_argument("--size-mix", type=float, default=0.5, help="Fed-MedLoRA+'s size mix")
+    ap.add_argument(
+        "--corrupt-site",
+        default=None,
+        help="adds Fed-MedLoRA(+) with this site corrupted (fed:corrupt, fed+:corrupt)",
+    )
+    ap.add_argument("--corrupt-fraction", type=float, default=0.5)
     ap.add_argument("--skip-bert", action="store_true")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these methods or families (e.g. fedmedlora centralized "
+        "single-site new-site); the rest can be added later with --resume",
+    )
+    ap.add_argument("--bootstrap", type=int, default=2000, help="resamples per interval")
     ap.add_argument(
         "--resume",
         action="store_true",
-        help="keep the methods already in OUT/results.json (same arguments) and run the rest",
+        help="keep the cells already in OUT/results.json (same arguments)",
     )
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parser().parse_args(argv)
     quiet_libraries()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(out, args)
     if args.resume and (out / "results.json").is_file():
         bench.resume(json.loads((out / "results.json").read_text()))
-    schema = load_schema()
-    data = args.data.resolve()
-
-    config = run_config(args, data, bert=False)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-    # Sites in the simulation run one thread each (several share the CPU); the phases that
-    # run here, one model at a time, use every core.
-    recipe = config.recipe().model_copy(update={"threads": None})
-    t = time.perf_counter()
-    sites: dict[str, SiteData] = {n: load_site(config.data, n, schema, args.seed) for n in SITES}
-    ncbi_map = load_mapping("ncbi_disease")
-    ncbi_train, _ = map_documents(
-        read_any(data / "ncbi_disease/NCBItrainset_corpus.txt", "pubtator").documents,
-        ncbi_map,
-        schema,
+    folder = prepare_splits(args, out, load_schema())
+    sets, ncbi_train = load_sets(folder)
+    bench.data["sets"] = describe_sets(sets, folder)
+    bench.data["evaluation"] = (
+        "whole test splits"
+        if args.eval_windows == 0
+        else f"{args.eval_windows} seeded windows per test set (fewer where a set has fewer)"
     )
-    sets = [EvalSet(n, "in-domain", s.test, s.spec) for n, s in sites.items()]
-    sets += [
-        external_set(
-            "ncbi_test", data / "ncbi_disease/NCBItestset_corpus.txt", "ncbi_disease", args, schema
-        ),
-        external_set(
-            "bc5cdr_test", data / "bc5cdr/CDR_TestSet.PubTator.txt", "bc5cdr", args, schema
-        ),
-    ]
-    ncbi = next(s for s in sets if s.name == "ncbi_test")
-    for s in sets:
-        bench.data["sets"][s.name] = {
-            "setting": s.setting,
-            "windows": len(s.docs),
-            "entities": sum(len(d.entities) for d in s.docs),
-            "relations": sum(len(d.relations) for d in s.docs),
-            "entity_types": s.spec.entity_types,
-            "relation_types": s.spec.relation_types,
-        }
-    for n, s in sites.items():
-        bench.data["sets"][n].update(train_documents=len(s.train), input_problems=len(s.problems))
-    bench.log(f"data: {json.dumps(bench.data['sets'])}")
-    bench.phase("data", t)
-    steps_per_site = args.rounds * args.local_steps
-
-    # --- LLM -------------------------------------------------------------------------
-    t = time.perf_counter()
-    base = initial_adapter(recipe)
-    if not bench.has("zero-shot"):
-        bench.log("zero-shot base LLM")
-        scores = evaluate_state(recipe, base, sets, zero_shot_prompt=True, log=bench.log)
-        bench.record("zero-shot", "llm", scores)
-        bench.phase("zero-shot", t)
-
-    if not bench.has("fedmedlora"):
-        t = time.perf_counter()
-        bench.log(
-            f"Fed-MedLoRA: {args.rounds} rounds x {args.local_steps} steps, Flower simulation"
-        )
-        final_scores: dict[str, Scores] = {}
-
-        def keep_final(event: str, rnd: int, payload: Any) -> None:
-            if event == "evaluated" and rnd == args.rounds:
-                final_scores.update(payload)
-
-        fed_results = simulate(config, out / "fedmedlora", listener=keep_final)
-        fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
-        bench.data["fedmedlora_rounds"] = [
-            {
-                "round": r["round"],
-                "micro": r.get("micro"),
-                "sites": {s: {k: v[k] for k in HEADLINE} for s, v in r.get("sites", {}).items()},
-            }
-            for r in fed_results["rounds"]
-        ]
-        bench.data["communication"] = {
-            k: v for k, v in fed_results["communication"].items() if k != "per_round"
-        }
-        # In-domain: the sites' own final evaluation inside Flower (the same seeded test
-        # windows); external sets: the saved global adapter, scored here.
-        external = [s for s in sets if s.setting == "external"]
-        bench.record(
-            "fedmedlora",
-            "llm",
-            {**final_scores, **evaluate_state(recipe, fed_state, external, log=bench.log)},
-            steps_per_site=steps_per_site,
-        )
-        bench.phase("fedmedlora", t)
-    fed_state = load_peft_adapter(out / "fedmedlora" / "adapter")
-
-    t = time.perf_counter()
-    for name, site in sites.items():
-        if bench.has(f"single-site:{name}"):
-            continue
-        bench.log(f"single-site LLM: {name}, {steps_per_site} steps")
-        state, stats = train_local(recipe, [site], steps_per_site, seed=args.seed)
-        bench.record(
-            f"single-site:{name}",
-            "llm",
-            evaluate_state(recipe, state, sets, log=bench.log),
-            train_seconds=round(stats.seconds, 1),
-            final_loss=stats.losses[-1],
-        )
-    bench.phase("single-site", t)
-
-    t = time.perf_counter()
-    if not bench.has("centralized"):
-        bench.log(f"centralized LLM: {len(sites) * steps_per_site} steps on pooled data")
-        state, stats = train_local(
-            recipe, list(sites.values()), len(sites) * steps_per_site, seed=args.seed
-        )
-        bench.record(
-            "centralized",
-            "llm",
-            evaluate_state(recipe, state, sets, log=bench.log),
-            train_seconds=round(stats.seconds, 1),
-            final_loss=stats.losses[-1],
-        )
-        bench.phase("centralized", t)
-
-    t = time.perf_counter()
-    for k in args.k:
-        if str(k) in bench.data["new_site"]:
-            continue
-        row: dict[str, Any] = {}
-        labelled = sample_documents(ncbi_train, k, args.seed)
-        for start_name, start in (("base", base), ("fedmedlora", fed_state)):
-            if k == 0:
-                state, zero = start, start_name == "base"
-            else:
-                bench.log(f"new site NCBI, k={k}, from {start_name}: {args.new_site_steps} steps")
-                site_k = SiteData(ncbi.spec, labelled, [])
-                state, _ = train_local(
-                    recipe, [site_k], args.new_site_steps, start=start, seed=args.seed
-                )
-                zero = False
-            scores = evaluate_state(recipe, state, [ncbi], zero_shot_prompt=zero, log=bench.log)
-            row[start_name] = scores["ncbi_test"].summary()
-        bench.data["new_site"][str(k)] = row
-        bench.save()
-    bench.phase("new-site", t)
-
-    # --- BERT baseline ---------------------------------------------------------------
-    if not args.skip_bert:
-        bert_config = run_config(args, data, bert=True)
-        bert = bert_config.recipe().model_copy(update={"threads": None})
-        bert_steps = args.rounds * args.bert_steps
-        t = time.perf_counter()
-        for name, site in sites.items():
-            if bench.has(f"bert-single-site:{name}"):
-                continue
-            bench.log(f"BERT single-site: {name}, {bert_steps} steps")
-            state, _ = train_local(bert, [site], bert_steps, seed=args.seed)
-            bench.record(
-                f"bert-single-site:{name}", "bert", evaluate_state(bert, state, sets, log=bench.log)
-            )
-        if not bench.has("bert-centralized"):
-            bench.log(f"BERT centralized: {len(sites) * bert_steps} steps")
-            pooled = list(sites.values())
-            state, _ = train_local(bert, pooled, len(sites) * bert_steps, seed=args.seed)
-            scores = evaluate_state(bert, state, sets, log=bench.log)
-            bench.record("bert-centralized", "bert", scores)
-        if not bench.has("bert-fed"):
-            bench.log("BERT federated through Flower")
-            simulate(bert_config, out / "bert-fed")
-            fed_bert = load_peft_adapter(out / "bert-fed" / "adapter")
-            bench.record("bert-fed", "bert", evaluate_state(bert, fed_bert, sets, log=bench.log))
-        bench.phase("bert", t)
-
+    bench.save()
+    todo = pending(planned_cells(args), bench.data["cells"])
+    bench.log(f"{len(todo)} cells to run: {todo}")
+    for cell in todo:
+        run_cell(cell, bench, args, folder, sets, ncbi_train)
     write_report(bench.data, out)
     bench.log(f"done: {out / 'report.md'}")
+    return bench.data
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""Tables and plots for benchmarks/clinical_ie.py; also regenerates them from a saved run:
+"""Tables, paired comparisons and plots for benchmarks/clinical_ie.py; also regenerates
+them from a saved run:
 
 .venv/bin/python benchmarks/clinical_ie_report.py benchmarks/results/clinical_ie
+
+A cell's F1 is the mean over its training seeds; intervals resample test documents
+(evaluation/bootstrap.py), the same resample for both sides of a comparison.
 """
 
 from __future__ import annotations
@@ -10,144 +14,280 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedmedlora.evaluation.bootstrap import bootstrap_f1, key_slice, paired_bootstrap
+
 SITES = ("maccrobat", "chia", "bc5cdr")
 EXTERNAL = ("ncbi_test", "bc5cdr_test")
-LLM_ROWS = (
-    ("zero-shot", "zero-shot LLM"),
-    ("single-site", "single-site LLM"),
-    ("centralized", "centralized LLM"),
-    ("fedmedlora", "Fed-MedLoRA"),
-)
-BERT_ROWS = (
-    ("bert-single-site", "BERT single-site"),
-    ("bert-centralized", "BERT centralized"),
-    ("bert-fed", "BERT federated"),
-)
+IN_DOMAIN = "in-domain (micro)"  # the three in-domain sets pooled
 
 
-def _scores(data: dict, row: str, site: str) -> dict | None:
-    """The scores of a table row on a set; 'single-site' rows use that site's own model."""
-    methods = data["methods"]
-    key = f"{row}:{site}" if row.endswith("single-site") else row
-    entry = methods.get(key)
-    return entry["scores"].get(site) if entry else None
+def runs_of(data: dict[str, Any], method: str) -> list[str]:
+    """The cells of `method` (one per training seed), in seed order."""
+    cells = data["cells"]
+    return sorted(
+        (c for c in cells if c == method or c.startswith(method + "@")),
+        key=lambda c: int(c.partition("@")[2] or 0),
+    )
 
 
-def _pair(s: dict | None, kind: str) -> str:
-    if s is None:
-        return "-"
-    return f"{s[f'{kind}_strict_f1']:.3f} / {s[f'{kind}_lenient_f1']:.3f}"
+def methods_of(data: dict[str, Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for c in data["cells"]:
+        seen.setdefault(c.partition("@")[0], None)
+    return list(seen)
 
 
-def _rows(data: dict) -> list[tuple[str, str]]:
-    return [
-        r
-        for r in (*LLM_ROWS, *BERT_ROWS)
-        if any(k == r[0] or k.startswith(r[0] + ":") for k in data["methods"])
+def counts(
+    data: dict[str, Any],
+    cells: list[str],
+    set_name: str,
+    kind: str = "entity",
+    mode: str = "strict",
+    seeds: list[int] | None = None,
+) -> tuple[list, list[str]] | None:
+    """([runs][items][tp, fp, fn], groups) of `cells` on a set (IN_DOMAIN: the in-domain
+    sets concatenated); None if a cell lacks the set."""
+    names = list(SITES) if set_name == IN_DOMAIN else [set_name]
+    part = key_slice(kind, mode)
+    runs, groups = [], []
+    for cell in cells:
+        rows: list = []
+        for n in names:
+            entry = data["cells"][cell]["sets"].get(n)
+            if entry is None:
+                return None
+            rows += [r[part] for r in entry["counts"]]
+        runs.append(rows)
+    for n in names:
+        groups += [f"{n}/{g}" for g in data["sets"][n]["groups"]]
+    return runs, groups
+
+
+def cell_f1(data: dict, method: str, set_name: str, kind="entity", mode="strict") -> dict | None:
+    got = counts(data, runs_of(data, method), set_name, kind, mode)
+    if not got or not got[0]:
+        return None
+    return bootstrap_f1(*got, n=data["args"].get("bootstrap", 2000))
+
+
+def _same_seeds(data: dict, a: str, b: str) -> tuple[list[str], list[str]]:
+    """Cells of a and b; paired on seeds where both have several."""
+    ca, cb = runs_of(data, a), runs_of(data, b)
+    if len(ca) > 1 and len(cb) > 1:
+        seeds = {c.partition("@")[2] for c in ca} & {c.partition("@")[2] for c in cb}
+        ca = [c for c in ca if c.partition("@")[2] in seeds]
+        cb = [c for c in cb if c.partition("@")[2] in seeds]
+    return ca, cb
+
+
+def compare(data: dict, a: str, b: str, set_name: str, mode: str = "strict") -> dict | None:
+    """F1(b) - F1(a) on one set, with its paired interval."""
+    ca, cb = _same_seeds(data, a, b)
+    ga, gb = counts(data, ca, set_name, mode=mode), counts(data, cb, set_name, mode=mode)
+    if not ga or not gb or not ga[0] or not gb[0]:
+        return None
+    got = paired_bootstrap(ga[0], gb[0], ga[1], n=data["args"].get("bootstrap", 2000))
+    return {"set": set_name, **got, "a": a, "b": b, "f1_a": got["a"], "f1_b": got["b"]}
+
+
+def best_single_site(data: dict, set_name: str, prefix: str = "single-site") -> str | None:
+    """The single-site model with the highest point F1 on a set (chosen after the fact:
+    the comparison flatters the single site)."""
+    scored = [
+        (f["f1"], m)
+        for m in methods_of(data)
+        if m.startswith(prefix + ":") and (f := cell_f1(data, m, set_name))
     ]
+    return max(scored)[1] if scored else None
+
+
+def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paired differences the issue asks for, where the run has both sides."""
+    out: list[dict] = []
+    methods = methods_of(data)
+
+    def add(a: str, b: str, sets, label: str) -> None:
+        for s in sets:
+            got = compare(data, a, b, s) if a in methods and b in methods else None
+            if got:
+                out.append({"comparison": label, **got})
+
+    in_domain = [IN_DOMAIN, *SITES]
+    add("centralized", "fedmedlora", in_domain + list(EXTERNAL), "federated - centralized")
+    for s in (*SITES, *EXTERNAL):
+        best = best_single_site(data, s)
+        if best:
+            add(best, "fedmedlora", [s], "federated - best single site")
+    add("fed:corrupt", "fed+:corrupt", in_domain, "Fed-MedLoRA+ - Fed-MedLoRA (corrupted site)")
+    add("fedmedlora", "fed:plus-mix", in_domain, "Fed-MedLoRA+ (size mix) - Fed-MedLoRA")
+    for m in methods:
+        if m.startswith("fed:") and "corrupt" not in m and m != "fed:plus-mix":
+            add("fedmedlora", m, [IN_DOMAIN], f"{m} - Fed-MedLoRA (sweep)")
+            add("centralized", m, [IN_DOMAIN], f"{m} - centralized (sweep)")
+    ks = sorted({int(m.split(":")[1][1:]) for m in methods if m.startswith("new-site:")})
+    for k in ks:
+        add(
+            f"new-site:k{k}:base",
+            f"new-site:k{k}:fed",
+            ["ncbi_test"],
+            f"new site k={k}: from federated - from base",
+        )
+    add("bert-centralized", "bert-fed", in_domain, "BERT federated - BERT centralized")
+    return out
+
+
+def _cell(f: dict | None) -> str:
+    if f is None:
+        return "-"
+    low, high = f["ci95"]
+    return f"{f['f1']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _diff(c: dict) -> str:
+    low, high = c["ci95"]
+    return f"{c['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def markdown(data: dict[str, Any]) -> str:
-    args = data["args"]
-    sets = data["sets"]
+    args, sets = data["args"], data["sets"]
+    seeds = sorted({c.partition("@")[2] for c in data["cells"] if "@" in c})
     lines = [
         "# Clinical IE benchmark",
         "",
         f"Model `{args['model']}` (LLM) and `{args['bert_model']}` (BERT baseline); "
         f"{args['rounds']} rounds x {args['local_steps']} LLM steps (batch "
-        f"{args['batch_size']}) per site; evaluation on {args['eval_windows']} seeded "
-        f"windows per test set; seed {args['seed']}. Cells: strict / lenient F1.",
+        f"{args['batch_size']}, lr {args['lr']:g}, warmup {args['warmup']}) per site; "
+        f"evaluation: {data.get('evaluation', '?')}; training seeds {', '.join(seeds) or '-'} "
+        f"(split seed {args['seed']}). Cells: entity strict F1, mean over seeds, "
+        f"[95% interval, {args.get('bootstrap', 2000)} resamples of test documents].",
         "",
-    ]
-    lines += [
-        "| set | setting | train docs | test windows | entities | relations | types |",
+        "| set | setting | train docs | test windows | test documents | entities | types |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in sets.items():
         lines.append(
             f"| {name} | {s['setting']} | {s.get('train_documents', 'none')} | "
-            f"{s['windows']} | {s['entities']} | {s['relations']} | "
+            f"{s['windows']} | {s['documents']} | {s['entities']} | "
             f"{', '.join(s['entity_types'])} |"
         )
-    rows = _rows(data)
-    relation_sites = [s for s in SITES if sets.get(s, {}).get("relation_types")]
-    for title, columns, kind in (
-        ("In-domain: entity F1", SITES, "entity"),
-        ("In-domain: relation F1 (sites that annotate relations)", relation_sites, "relation"),
-    ):
-        lines += [
-            "",
-            f"## {title}",
-            "",
-            "| method | " + " | ".join(columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for key, label in rows:
-            cells = [_pair(_scores(data, key, c), kind) for c in columns]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    columns = [IN_DOMAIN, *SITES, *EXTERNAL]
+    methods = [m for m in methods_of(data) if not m.startswith("new-site:")]
     lines += [
         "",
-        "Single-site rows: each column is the model trained on that site alone. "
-        "BERT relations come from linking each modifier to the nearest compatible main "
-        "entity.",
+        "## Entity strict F1",
         "",
-        "## External validation: entity F1 (never trained on)",
-        "",
-        "| method | " + " | ".join(EXTERNAL) + " |",
-        "|---|" + "---|" * len(EXTERNAL),
+        "| method | seeds | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
-    for key, entry in data["methods"].items():
-        cells = [_pair(entry["scores"].get(c), "entity") for c in EXTERNAL]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    if data.get("new_site"):
+    for m in methods:
+        cells = [_cell(cell_f1(data, m, c)) for c in columns]
+        lines.append(f"| {m} | {len(runs_of(data, m))} | " + " | ".join(cells) + " |")
+    rel = [s for s in SITES if sets.get(s, {}).get("relation_types")]
+    if rel:
         lines += [
             "",
-            "## New site (NCBI-disease) with k labelled documents: entity F1",
+            "## Relation strict F1 (sites that annotate relations)",
             "",
-            f"Same budget from both starts: {args['new_site_steps']} steps (k = 0: no "
-            "training; the base model is prompted zero-shot).",
+            "| method | " + " | ".join(rel) + " |",
+            "|---|" + "---|" * len(rel),
+        ]
+        for m in methods:
+            cells = [_cell(cell_f1(data, m, c, kind="relation")) for c in rel]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    comps = comparisons(data)
+    if comps:
+        lines += [
+            "",
+            "## Paired differences (entity strict F1, b - a)",
+            "",
+            "| comparison | set | a | b | b - a [95% interval] | share of resamples b > a |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in comps:
+            lines.append(
+                f"| {c['comparison']} | {c['set']} | {c['a']} {c['f1_a']:.3f} | {c['b']} "
+                f"{c['f1_b']:.3f} | {_diff(c)} | "
+                f"{c['share_b_better']:.2f} |"
+            )
+    new_site = new_site_rows(data)
+    if new_site:
+        lines += [
+            "",
+            "## New site (NCBI-disease) with k labelled documents: entity strict F1",
+            "",
+            f"{args['new_site_steps']} steps at lr {args['lr']:g} from both starts, "
+            "seeds averaged (the k documents are drawn again for each seed); k = 0: "
+            "the zero-shot base model and the federated adapter as they are.",
             "",
             "| k | from base model | from Fed-MedLoRA adapter |",
             "|---|---|---|",
         ]
-        for k, row in data["new_site"].items():
-            lines.append(
-                f"| {k} | {_pair(row.get('base'), 'entity')} | "
-                f"{_pair(row.get('fedmedlora'), 'entity')} |"
-            )
-    if data.get("fedmedlora_rounds"):
-        lines += [
-            "",
-            "## Fed-MedLoRA per round (in-domain, entity strict F1)",
-            "",
-            "| round | " + " | ".join(SITES) + " | micro |",
-            "|---|" + "---|" * 4,
-        ]
-        for r in data["fedmedlora_rounds"]:
-            if not r.get("sites"):
-                continue
-            cells = [
-                f"{r['sites'][s]['entity_strict_f1']:.3f}" if s in r["sites"] else "-"
-                for s in SITES
-            ]
-            lines.append(
-                f"| {r['round']} | "
-                + " | ".join(cells)
-                + f" | {r['micro']['entity_strict_f1']:.3f} |"
-            )
-    comm = data.get("communication")
-    if comm:
-        lines += [
-            "",
-            f"Communication per round (training, all sites): "
-            f"{comm.get('adapter_bytes_per_round', 0) / 2**20:.1f} MiB vs "
-            f"{comm.get('full_model_bytes_per_round', 0) / 2**30:.2f} GiB for full-model "
-            "FedAvg.",
-        ]
-    lines += ["", "## Time (s)", "", "| phase | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in data["timing_s"].items()]
-    lines += ["", "![in-domain](in_domain.png)", "", "![new site](new_site.png)", ""]
+        for k, base, fed in new_site:
+            lines.append(f"| {k} | {_cell(base)} | {_cell(fed)} |")
+    lines += ["", "## Time (s)", "", "| cell | seconds |", "|---|---|"]
+    lines += [f"| {c} | {v['seconds']:.0f} |" for c, v in data["cells"].items()]
+    lines += [f"| total | {data['timing_s'].get('total', 0):.0f} |"]
+    lines += ["", "![in-domain](in_domain.png)", ""]
+    if new_site:
+        lines += ["![new site](new_site.png)", ""]
+    if sweep_points(data):
+        lines += ["![sweep](sweep.png)", ""]
     return "\n".join(lines)
+
+
+def new_site_rows(data: dict) -> list[tuple[int, dict | None, dict | None]]:
+    methods = methods_of(data)
+    ks = sorted({int(m.split(":")[1][1:]) for m in methods if m.startswith("new-site:")})
+    if not ks:
+        return []
+    rows = [(0, cell_f1(data, "zero-shot", "ncbi_test"), cell_f1(data, "fedmedlora", "ncbi_test"))]
+    for k in ks:
+        rows.append(
+            (
+                k,
+                cell_f1(data, f"new-site:k{k}:base", "ncbi_test"),
+                cell_f1(data, f"new-site:k{k}:fed", "ncbi_test"),
+            )
+        )
+    return rows
+
+
+def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:
+    """(method, rounds, local steps, in-domain F1) of the default run and each schedule."""
+    args = data["args"]
+    out = []
+    for m in methods_of(data):
+        if m == "fedmedlora":
+            r, s = args["rounds"], args["local_steps"]
+        elif m.startswith("fed:") and "x" in m[4:] and m[4:].replace("x", "").isdigit():
+            r, s = (int(x) for x in m[4:].split("x"))
+        else:
+            continue
+        f = cell_f1(data, m, IN_DOMAIN)
+        if f:
+            out.append((m, r, s, f))
+    return sorted(out, key=lambda p: p[1])
+
+
+def _errors(fs: list[dict]) -> list[list[float]]:
+    """Matplotlib's yerr (below, above) of F1 values with intervals."""
+    return [[f["f1"] - f["ci95"][0] for f in fs], [f["ci95"][1] - f["f1"] for f in fs]]
+
+
+def _line(ax, xs: list, fs: list[dict], label: str) -> None:
+    ax.errorbar(xs, [f["f1"] for f in fs], yerr=_errors(fs), marker="o", capsize=3, label=label)
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plots(data: dict[str, Any], out: Path) -> None:
@@ -156,41 +296,62 @@ def plots(data: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _rows(data)
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / max(1, len(rows))
-    for i, (key, label) in enumerate(rows):
-        ys = [(_scores(data, key, s) or {}).get("entity_strict_f1", 0) for s in SITES]
-        ax.bar([x + i * width for x in range(len(SITES))], ys, width, label=label)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(SITES))], SITES)
-    ax.set_ylabel("entity strict F1 (in-domain)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "in_domain.png", dpi=120)
-    plt.close(fig)
+    methods = [m for m in methods_of(data) if not m.startswith("new-site:")]
+    columns = [IN_DOMAIN, *SITES, *EXTERNAL]
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        scored = [(x, f) for x, c in enumerate(columns) if (f := cell_f1(data, m, c))]
+        fs = [f for _, f in scored]
+        xs = [x + i * width for x, _ in scored]
+        ax.bar(xs, [f["f1"] for f in fs], width, yerr=_errors(fs), capsize=2, label=m)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(columns))], columns, fontsize=8)
+    _save(fig, ax, out / "in_domain.png", "test set", "entity strict F1 (95% interval)")
 
-    if data.get("new_site"):
-        ks = sorted(int(k) for k in data["new_site"])
+    rows = new_site_rows(data)
+    if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for start, label in (("base", "from base model"), ("fedmedlora", "from Fed-MedLoRA")):
-            ax.plot(
-                ks,
-                [data["new_site"][str(k)][start]["entity_strict_f1"] for k in ks],
-                marker="o",
-                label=label,
-            )
-        ax.set_xlabel("labelled documents at the new site (NCBI-disease)")
-        ax.set_ylabel("entity strict F1")
-        ax.set_ylim(0, 1)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "new_site.png", dpi=120)
-        plt.close(fig)
+        for i, label in ((1, "from base model"), (2, "from Fed-MedLoRA")):
+            pts = [(r[0], r[i]) for r in rows if r[i]]
+            _line(ax, [k for k, _ in pts], [f for _, f in pts], label)
+        _save(
+            fig,
+            ax,
+            out / "new_site.png",
+            "labelled documents at the new site (NCBI-disease)",
+            "entity strict F1",
+        )
+
+    points = sweep_points(data)
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _line(ax, list(range(len(points))), [p[3] for p in points], "Fed-MedLoRA")
+        central = cell_f1(data, "centralized", IN_DOMAIN)
+        if central:
+            ax.axhline(central["f1"], color="gray", linestyle="--", label="centralized")
+            ax.axhspan(*central["ci95"], color="gray", alpha=0.15)
+        ax.set_xticks(range(len(points)), [f"{p[1]} x {p[2]}" for p in points])
+        _save(
+            fig,
+            ax,
+            out / "sweep.png",
+            "rounds x local steps (equal total steps per site)",
+            "in-domain micro entity strict F1",
+        )
+
+
+def summary(data: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers as JSON (docs/measured keeps this beside the raw cells)."""
+    columns = [IN_DOMAIN, *SITES, *EXTERNAL]
+    return {
+        "cells": {m: {c: cell_f1(data, m, c) for c in columns} for m in methods_of(data)},
+        "comparisons": comparisons(data),
+    }
 
 
 def write_report(data: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text(markdown(data), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary(data), indent=1) + "\n")
     plots(data, out)
 
 

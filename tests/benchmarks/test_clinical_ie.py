@@ -1,4 +1,5 @@
-"""The clinical IE benchmark runs end to end (tiny budget, tiny LLM) and fills every cell."""
+"""The clinical IE benchmark: its cell bookkeeping (resume), its variants, the paired
+comparisons of its report, and one end-to-end run (tiny budget, tiny LLM)."""
 
 from __future__ import annotations
 
@@ -10,60 +11,147 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import clinical_ie  # noqa: E402
+import clinical_ie_report as report  # noqa: E402
+
+
+def args_for(*extra: str):
+    return clinical_ie.parser().parse_args(["--skip-bert", *extra])
+
+
+def test_cells_cover_every_method_and_seed_once():
+    cells = clinical_ie.planned_cells(args_for("--seeds", "2", "--k", "0", "5"))
+    assert cells[0] == "zero-shot"  # no training, no seed
+    assert len(cells) == len(set(cells))
+    for seed in (0, 1):
+        for method in ("fedmedlora", "centralized", "single-site:chia", "new-site:k5:fed"):
+            assert f"{method}@{seed}" in cells
+    assert not [c for c in cells if "k0" in c]  # k = 0 is the untrained models' score
+    # New-site cells come after the federated adapter they start from.
+    assert cells.index("new-site:k5:fed@0") > cells.index("fedmedlora@0")
+
+
+def test_only_selects_families():
+    cells = clinical_ie.planned_cells(args_for("--seeds", "1", "--only", "single-site"))
+    assert cells == [f"single-site:{s}@0" for s in clinical_ie.SITES]
+
+
+def test_a_resumed_run_skips_finished_cells_and_keeps_them(tmp_path):
+    args = args_for("--seeds", "1", "--out", str(tmp_path))
+    bench = clinical_ie.Bench(tmp_path, args)
+    bench.record("zero-shot", {"ncbi_test": {"counts": []}}, began=0.0)
+    # Persisted as soon as the cell finished: a kill now loses nothing.
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert "zero-shot" in saved["cells"]
+    # More seeds on resume: a selection, so allowed; the finished cell is not redone.
+    later = clinical_ie.Bench(tmp_path, args_for("--seeds", "2", "--out", str(tmp_path)))
+    later.resume(saved)
+    todo = clinical_ie.pending(
+        clinical_ie.planned_cells(args_for("--seeds", "2")), later.data["cells"]
+    )
+    assert "zero-shot" not in todo and "fedmedlora@1" in todo
+
+
+def test_resume_refuses_other_budgets(tmp_path):
+    args = args_for("--out", str(tmp_path))
+    bench = clinical_ie.Bench(tmp_path, args)
+    bench.save()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    other = clinical_ie.Bench(tmp_path, args_for("--out", str(tmp_path), "--local-steps", "7"))
+    with pytest.raises(SystemExit, match="local_steps"):
+        other.resume(saved)
+
+
+def test_sweep_schedules_keep_equal_compute():
+    names = clinical_ie.variants(
+        args_for(
+            "--sweep", "--rounds", "4", "--local-steps", "10", "--sweep-schedules", "8x5", "2x20"
+        )
+    )
+    assert {"fedmedlora", "fed:8x5", "fed:2x20", "fed:fedavgm", "fed:plus-mix", "fed:mask"} <= set(
+        names
+    )
+    assert names["fed:8x5"] == {"federation.rounds": 8, "train.local_steps": 5}
+    with pytest.raises(SystemExit, match="equal compute"):
+        clinical_ie.variants(args_for("--sweep", "--sweep-schedules", "3x10"))
+
+
+def _data(cells: dict[str, dict[str, list]], groups: list[str]) -> dict:
+    """A results.json with one in-domain set ("bc5cdr") of the given entity-strict counts."""
+    zero = [0] * 3
+
+    def entry(rows):
+        return {"sets": {"bc5cdr": {"counts": [r + zero * 3 for r in rows]}}, "seconds": 1}
+
+    return {
+        "args": {"bootstrap": 500, "rounds": 2, "local_steps": 5},
+        "sets": {"bc5cdr": {"groups": groups}},
+        "cells": {c: entry(rows) for c, rows in cells.items()},
+    }
+
+
+def test_comparisons_are_paired_on_documents_and_seeds():
+    groups = ["d1", "d1", "d2", "d3"]
+    good = [[2, 0, 0], [1, 0, 0], [3, 0, 1], [1, 1, 0]]
+    worse = [[1, 1, 1], [1, 0, 0], [2, 1, 2], [0, 1, 1]]
+    data = _data(
+        {
+            "centralized@0": good,
+            "centralized@1": good,
+            "fedmedlora@0": worse,
+            "fedmedlora@1": good,
+            "single-site:bc5cdr@0": worse,
+            "single-site:chia@0": [[0, 0, 3]] * 4,
+        },
+        groups,
+    )
+    got = report.compare(data, "centralized", "fedmedlora", "bc5cdr")
+    assert got["runs"] == [2, 2]
+    assert got["difference"] < 0 and got["ci95"][1] <= 0  # never better on any resample
+    # The best single site is picked by its point F1.
+    assert report.best_single_site(data, "bc5cdr") == "single-site:bc5cdr"
+    labels = {c["comparison"] for c in report.comparisons(data)}
+    assert {"federated - centralized", "federated - best single site"} <= labels
+
+
+def test_cell_f1_averages_seeds():
+    data = _data({"fedmedlora@0": [[1, 0, 0]], "fedmedlora@1": [[0, 1, 1]]}, ["d"])
+    assert report.cell_f1(data, "fedmedlora", "bc5cdr")["f1"] == 0.5
 
 
 @pytest.mark.slow
 def test_benchmark_fills_every_protocol_and_method(tmp_path, shared_data):
     out = tmp_path / "bench"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "clinical_ie.py"),
-            "--data",
-            str(shared_data),
-            "--out",
-            str(out),
-            "--model",
-            "tiny-random",
-            "--rounds",
-            "1",
-            "--local-steps",
-            "1",
-            "--bert-steps",
-            "1",
-            "--eval-windows",
-            "4",
-            "--new-site-steps",
-            "1",
-            "--k",
-            "0",
-            "5",
-            "--max-new-tokens",
-            "24",  # a random model writes to the cap: keep generation short
-            "--max-train-docs",
-            "12",  # one step per site: building examples from every document is the cost
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "clinical_ie.py"),
+        "--data", str(shared_data), "--out", str(out), "--model", "tiny-random",
+        "--seeds", "1", "--rounds", "1", "--local-steps", "1", "--bert-steps", "1",
+        "--eval-windows", "4", "--new-site-steps", "1", "--k", "0", "5",
+        "--max-new-tokens", "24",  # a random model writes to the cap: keep generation short
+        "--max-train-docs", "12",  # building examples from every document is the cost
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
-    expected = {"zero-shot", "fedmedlora", "centralized", "bert-centralized", "bert-fed"}
+    expected = {"zero-shot", "fedmedlora@0", "centralized@0", "bert-centralized@0", "bert-fed@0"}
+    expected |= {"new-site:k5:base@0", "new-site:k5:fed@0"}
     expected |= {
-        f"{p}:{s}"
-        for p in ("single-site", "bert-single-site")
-        for s in ("maccrobat", "chia", "bc5cdr")
+        f"{p}:{s}@0" for p in ("single-site", "bert-single-site") for s in clinical_ie.SITES
     }
-    assert set(data["methods"]) == expected
-    sets = {"maccrobat", "chia", "bc5cdr", "ncbi_test", "bc5cdr_test"}
-    for method in data["methods"].values():
-        assert set(method["scores"]) == sets
-    assert set(data["new_site"]) == {"0", "5"}
-    assert set(data["new_site"]["5"]) == {"base", "fedmedlora"}
-    report = (out / "report.md").read_text()
-    table_rows = [line for line in report.splitlines() if line.startswith("| ")]
-    assert not [row for row in table_rows if "| - |" in row]
-    for name in ("in_domain.png", "new_site.png", "config.yaml"):
+    assert set(data["cells"]) == expected
+    sets = {*clinical_ie.SITES, *clinical_ie.EXTERNAL}
+    for cell, entry in data["cells"].items():
+        want = {"ncbi_test"} if cell.startswith("new-site") else sets
+        assert set(entry["sets"]) == want
+        for name in want:
+            assert len(entry["sets"][name]["counts"]) == data["sets"][name]["windows"]
+    text = (out / "report.md").read_text()
+    assert "federated - centralized" in text and "new site k=5" in text
+    for name in ("in_domain.png", "new_site.png", "summary.json"):
         assert (out / name).is_file()
-    assert (out / "fedmedlora" / "adapter" / "adapter_model.safetensors").is_file()
+    # A second run with --resume has nothing left to do.
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 cells to run" in again.stdout

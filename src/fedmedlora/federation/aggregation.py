@@ -41,6 +41,35 @@ def weighted_average(states: Sequence[State], weights: Sequence[float]) -> dict[
     return out
 
 
+def head_rows_from_trainers(
+    current: State, states: Sequence[State], weights: Sequence[float], averaged: State
+) -> dict[str, torch.Tensor]:
+    """`averaged` with each row of a non-LoRA tensor (a task head: one row per label)
+    averaged over the sites that changed it only; a row no site changed stays as it was.
+
+    A site masks the labels of the types it does not annotate (task/tagging.py), so its
+    head rows for them come back bit-for-bit unchanged. Averaging them in anyway pulls a
+    type that one small site annotates back to its initial row, by the share of every other
+    site (MACCROBAT's dosage, route, severity... kept 160 / 2560 of their training).
+    With weight decay every row changes and this is the plain weighted average.
+    """
+    out = dict(averaged)
+    for key, before in current.items():
+        if "lora_" in key or before.dim() == 0:
+            continue
+        rows = before.reshape(before.shape[0], -1)
+        stacked = torch.stack([s[key].reshape(rows.shape) for s in states]).to(torch.float64)
+        changed = (stacked != rows.to(torch.float64)).any(dim=2)  # [sites, rows]
+        if changed.all():
+            continue
+        w = torch.tensor([float(x) for x in weights], dtype=torch.float64)[:, None] * changed
+        total = w.sum(dim=0)  # [rows]
+        mean = (w[:, :, None] * stacked).sum(dim=0) / total.clamp(min=1e-300)[:, None]
+        kept = torch.where(total[:, None] > 0, mean, rows.to(torch.float64))
+        out[key] = kept.reshape(before.shape).to(averaged[key].dtype)
+    return out
+
+
 def cap_weights(weights: Sequence[float], cap: float) -> list[float]:
     """`weights` normalised to sum to 1 with none above `cap` (`federation.max_site_weight`).
 

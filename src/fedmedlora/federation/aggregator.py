@@ -4,7 +4,8 @@ adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replie
 
 | method      | sites send | server combines                                          |
 |-------------|------------|----------------------------------------------------------|
-| fedmedlora  | A, B       | example-weighted average of every tensor (FedIT/FedAvg)  |
+| fedmedlora  | A, B       | example-weighted average of every tensor (FedIT/FedAvg); |
+|             |            | a head's rows over the sites that trained them           |
 | fedmedlora+ | A, B       | average weighted by softmax(-validation loss / T)        |
 | ffa         | B only     | average of B; A frozen at the shared seeded init (exact) |
 | exact       | A, B       | best rank-r factors of sum_k p_k s_k B_k A_k (QR + SVD); |
@@ -30,7 +31,12 @@ from dataclasses import dataclass, field
 import torch
 
 from fedmedlora.config import AggregationSettings, PrivacySettings, ScreeningSettings
-from fedmedlora.federation.aggregation import State, cap_weights, weighted_average
+from fedmedlora.federation.aggregation import (
+    State,
+    cap_weights,
+    head_rows_from_trainers,
+    weighted_average,
+)
 from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, dp_average
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
@@ -276,6 +282,7 @@ class Aggregator:
             averaged = self._private_average(server_round, current, states)
         else:
             averaged = weighted_average(states, weights)
+            averaged = head_rows_from_trainers(current, states, weights, averaged)
         if self.method in SERVER_OPTIMIZERS:
             settings = server_opt.ServerOptSettings(
                 method=self.method,

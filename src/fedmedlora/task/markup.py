@@ -105,6 +105,19 @@ def serialize(
     return Serialized("".join(out), dropped, dropped_rel)
 
 
+CLASS_PREFIX = '<span class="'  # what serialize writes before a tag's type
+
+
+def type_starts(markup: str) -> list[int]:
+    """Where each tag's type name begins in serialize's markup: the one place in the
+    output where the model chooses a type (training can mask that choice)."""
+    out, i = [], markup.find(CLASS_PREFIX)
+    while i >= 0:
+        out.append(i + len(CLASS_PREFIX))
+        i = markup.find(CLASS_PREFIX, i + 1)
+    return out
+
+
 _TAG = re.compile(r"<\s*span\b([^<>]*)>|<\s*/\s*span\s*>", re.IGNORECASE)
 _ATTR = re.compile(r"""([A-Za-z_][\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 

@@ -19,14 +19,25 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    excluded: list[tuple[int, int, int]] = []
     for row, ex in enumerate(batch):
         seq = ex.prompt_ids + ex.target_ids
         ids[row, width - len(seq) :] = torch.tensor(seq)
-        labels[row, width - len(ex.target_ids) :] = torch.tensor(ex.target_ids)
+        first = width - len(ex.target_ids)
+        labels[row, first:] = torch.tensor(ex.target_ids)
         mask[row, width - len(seq) :] = 1
+        excluded += [
+            (row, first + p, t)
+            for p in ex.type_positions
+            for t in ex.excluded_ids
+            if t != ex.target_ids[p]  # never the gold token (a relabelled type may be)
+        ]
     # Positions count real tokens only, as generation with left padding does.
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+    if excluded:  # (row, label column, token id): left out of that position's softmax
+        out["excluded"] = torch.tensor(excluded, dtype=torch.long)
+    return out
 
 
 def batch_order(

@@ -2,6 +2,12 @@
 
 The target is the chunk's markup followed by the end-of-turn token, so the model learns
 both the markup and when to stop; loss is computed on the target only.
+
+A site that annotates only some types still teaches, at each tag's type name, that the
+other types are wrong there (cross-entropy pushes down every token but the gold one).
+With `mask_unannotated` those tokens leave the softmax at type positions: the site says
+which of *its* types a span is, nothing about the rest (docs/results.md, "unannotated
+types", says why this is the cut that inline markup allows).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.task.chunking import Chunk, chunk_document
-from fedmedlora.task.markup import serialize
+from fedmedlora.task.markup import CLASS_PREFIX, serialize, type_starts
 from fedmedlora.task.prompt import PromptStyle, messages
 
 
@@ -21,6 +27,10 @@ from fedmedlora.task.prompt import PromptStyle, messages
 class Example:
     prompt_ids: list[int]
     target_ids: list[int]
+    # Target indices where a type name starts, and the token ids the loss leaves out of
+    # the softmax there (the unannotated types); empty unless masking is on.
+    type_positions: tuple[int, ...] = ()
+    excluded_ids: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.target_ids)
@@ -33,6 +43,7 @@ class ExampleSet:
     dropped_entities: int = 0
     dropped_relations: int = 0
     truncated: int = 0
+    unmasked_type_positions: int = 0  # type names not starting on a token boundary
 
 
 def token_length(tokenizer):
@@ -52,6 +63,37 @@ def prompt_ids(
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
+def type_first_tokens(tokenizer, types: Sequence[str]) -> dict[str, int]:
+    """The token that starts each type's name after `class="`, as the tokenizer splits
+    the markup (byte-level BPE keeps `="` apart from the name that follows)."""
+    out: dict[str, int] = {}
+    for t in types:
+        text = CLASS_PREFIX + t + '"'
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        where = [i for i, (a, _) in enumerate(enc["offset_mapping"]) if a == len(CLASS_PREFIX)]
+        if where:
+            out[t] = enc["input_ids"][where[0]]
+    return out
+
+
+def excluded_type_tokens(tokenizer, site: SiteSpec, schema: Schema) -> tuple[int, ...]:
+    """First tokens of the schema's types the site does not annotate, except any that
+    also starts one of its own types (that choice is the site's to teach)."""
+    first = type_first_tokens(tokenizer, schema.entity_types)
+    own = {first[t] for t in site.entity_types if t in first}
+    return tuple(sorted({i for t, i in first.items() if t not in site.entity_types} - own))
+
+
+def _type_positions(tokenizer, markup: str) -> tuple[list[int], int]:
+    """Token indices of the target where a type name starts, and how many type names
+    start inside a token (left unmasked)."""
+    enc = tokenizer(markup, add_special_tokens=False, return_offsets_mapping=True)
+    starts = {a: i for i, (a, _) in enumerate(enc["offset_mapping"])}
+    chars = type_starts(markup)
+    found = [starts[c] for c in chars if c in starts]
+    return found, len(chars) - len(found)
+
+
 def chunk_for(doc: Document, tokenizer, max_chunk_tokens: int) -> list[Chunk]:
     return chunk_document(doc, max_chunk_tokens, token_length(tokenizer)).chunks
 
@@ -64,10 +106,12 @@ def build_examples(
     max_chunk_tokens: int = 64,
     max_length: int = 512,
     style: PromptStyle = PromptStyle(),
+    mask_unannotated: bool = False,
 ) -> ExampleSet:
     """One example per chunk, restricted to the types the site annotates."""
     out = ExampleSet()
     length = token_length(tokenizer)
+    excluded = excluded_type_tokens(tokenizer, site, schema) if mask_unannotated else ()
     for doc in docs:
         restricted = site.restrict(doc)
         chunked = chunk_document(restricted, max_chunk_tokens, length)
@@ -82,6 +126,10 @@ def build_examples(
             if len(p) + len(t) > max_length:
                 out.truncated += 1
                 continue
-            out.examples.append(Example(p, t))
+            positions: list[int] = []
+            if excluded:
+                positions, missed = _type_positions(tokenizer, ser.markup)
+                out.unmasked_type_positions += missed
+            out.examples.append(Example(p, t, tuple(positions), excluded if positions else ()))
             out.chunks += 1
     return out

@@ -49,6 +49,11 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30% slower"
     )
+    mask_unannotated_types: bool = Field(
+        False,
+        description="at each tag's type name, leave the types a site does not annotate out "
+        "of the loss (its labels say nothing about them); off: they are trained as wrong",
+    )
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,21 +61,30 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
     Only the logits of the last K positions are computed (K = longest target + 1): the
     vocabulary projection of prompt tokens is skipped, about 30% of a SmolLM2 step.
+    `batch["excluded"]` (row, label column, token id) take tokens out of the softmax of
+    that target position (train.mask_unannotated_types).
     """
     labels = batch["labels"]
     width = labels.shape[1]
     has_target = (labels != -100).any(dim=0).nonzero()
     keep = width - int(has_target.min()) + 1 if has_target.numel() else 1
     # No key/value cache: nothing is generated here, and checkpointing refuses one.
-    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "excluded")}
+    inputs["use_cache"] = False
     try:
         logits = model(**inputs, logits_to_keep=keep).logits
     except TypeError:  # models without logits_to_keep: compute all, use the tail
         logits = model(**inputs).logits[:, -keep:]
-    logits = logits[:, :-1]
+    logits = logits[:, :-1].float()
     targets = labels[:, width - keep + 1 :]
+    if "excluded" in batch:
+        row, column, token = batch["excluded"].unbind(dim=1)
+        # The logit that predicts label column c sits at c - 1; this slice starts at
+        # column width - keep + 1.
+        at = column - (width - keep + 1)
+        logits = logits.index_put((row, at, token), logits.new_tensor(float("-inf")))
     return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
     )
 
 

@@ -106,7 +106,13 @@ def build_site_examples(
             docs, spec, schema, lm.tokenizer, recipe.task.tagger_window_tokens
         )
     return build_examples(
-        docs, spec, schema, lm.tokenizer, recipe.task.max_chunk_tokens, recipe.task.max_length
+        docs,
+        spec,
+        schema,
+        lm.tokenizer,
+        recipe.task.max_chunk_tokens,
+        recipe.task.max_length,
+        mask_unannotated=recipe.train.mask_unannotated_types,
     )
 
 
