@@ -60,7 +60,22 @@ SITES = ("maccrobat", "chia", "bc5cdr")
 EXTERNAL = ("ncbi_test", "bc5cdr_test")
 # Arguments that choose which cells run, not what a cell computes: a resumed run may
 # change them (e.g. add seeds, or the BERT cells, to a finished run).
-SELECTION = ("resume", "seeds", "skip_bert", "only", "sweep", "corrupt", "k")
+# A federated variant's settings are checked per cell instead (`pending`).
+SELECTION = (
+    "resume",
+    "seeds",
+    "skip_bert",
+    "only",
+    "sweep",
+    "k",
+    "sweep_schedules",
+    "sweep_lr",
+    "sweep_warmup",
+    "server_momentum",
+    "size_mix",
+    "corrupt_site",
+    "corrupt_fraction",
+)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -280,8 +295,20 @@ def planned_cells(args: argparse.Namespace) -> list[str]:
     return cells
 
 
-def pending(planned: list[str], done: dict[str, Any]) -> list[str]:
-    return [c for c in planned if c not in done]
+def pending(
+    planned: list[str], done: dict[str, Any], fed: dict[str, dict[str, Any]] | None = None
+) -> list[str]:
+    """The planned cells not yet measured; a federated variant measured with other
+    settings than `fed` (its overrides now) is measured again."""
+    fed = fed or {}
+
+    def finished(cell: str) -> bool:
+        method = parse_cell(cell)[0]
+        if cell not in done:
+            return False
+        return method not in fed or done[cell].get("overrides", {}) == fed[method]
+
+    return [c for c in planned if not finished(c)]
 
 
 def document_scores(
@@ -536,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else f"{args.eval_windows} seeded windows per test set (fewer where a set has fewer)"
     )
     bench.save()
-    todo = pending(planned_cells(args), bench.data["cells"])
+    todo = pending(planned_cells(args), bench.data["cells"], variants(args))
     bench.log(f"{len(todo)} cells to run: {todo}")
     for cell in todo:
         run_cell(cell, bench, args, folder, sets, ncbi_train)

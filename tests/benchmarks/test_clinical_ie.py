@@ -155,3 +155,19 @@ def test_benchmark_fills_every_protocol_and_method(tmp_path, shared_data):
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 cells to run" in again.stdout
+
+
+def test_a_variant_measured_with_other_settings_is_measured_again():
+    done = {"fed:fedavgm@0": {"overrides": {"federation.aggregation.server_momentum": 0.5}},
+            "centralized@0": {}}  # fmt: skip
+    args = args_for(
+        "--seeds", "1", "--sweep", "--sweep-schedules", "2x20", "--server-momentum", "0.9"
+    )
+    todo = clinical_ie.pending(["fed:fedavgm@0", "centralized@0"], done, clinical_ie.variants(args))
+    assert todo == ["fed:fedavgm@0"]
+    same = clinical_ie.variants(
+        args_for("--sweep", "--sweep-schedules", "2x20", "--server-momentum", "0.5")
+    )
+    done["fed:fedavgm@0"]["overrides"] = same["fed:fedavgm"]
+    assert clinical_ie.pending(["fed:fedavgm@0"], done, clinical_ie.variants(args_for(
+        "--sweep", "--sweep-schedules", "2x20", "--server-momentum", "0.5"))) == []  # fmt: skip
