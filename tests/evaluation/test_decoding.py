@@ -8,10 +8,22 @@ from transformers import DynamicCache
 
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
-from fedmedlora.evaluation.decoding import constrained_generate, vocabulary
+from fedmedlora.evaluation.decoding import (
+    ConstrainedDecoder,
+    _Row,
+    constrained_generate,
+    vocabulary,
+)
 from fedmedlora.evaluation.inference import GenerationSettings, extract
 from fedmedlora.evaluation.metrics import score_corpus
 from fedmedlora.model.loading import load_causal_lm, load_tokenizer
+from fedmedlora.model.lora import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    merged_lora,
+)
 from fedmedlora.task.markup import _strip_markup, serialize
 from fedmedlora.task.markup_grammar import MarkupGrammar
 from fedmedlora.task.prompt import PromptStyle
@@ -30,12 +42,17 @@ ADVERSARIAL = [
 ]
 
 
-def decode(model, tok, texts, *, k, batch_size, types=None, budget=None, zero_shot=True):
+def inputs(tok, texts, *, types=None, budget=None, zero_shot=True):
     types = types or SCHEMA.entity_types
     style = PromptStyle(zero_shot=zero_shot)
     prompts = [prompt_ids(tok, t, types, SCHEMA, style) for t in texts]
     grammars = [MarkupGrammar(t, types, SCHEMA) for t in texts]
     budgets = [g.token_budget(budget or 32) for g in grammars]
+    return prompts, grammars, budgets
+
+
+def decode(model, tok, texts, *, k, batch_size, **kwargs):
+    prompts, grammars, budgets = inputs(tok, texts, **kwargs)
     return constrained_generate(
         model,
         tok,
@@ -83,6 +100,44 @@ def test_speculation_gives_exactly_the_constrained_greedy_tokens(tiny):
         assert outputs == reference, (k, batch)
         assert stats.generated_tokens == ref_stats.generated_tokens
     assert stats.window_forwards < ref_stats.window_forwards
+
+
+@torch.no_grad()
+def naive_constrained_greedy(model, tok, texts, **kwargs) -> list[str]:
+    """Constrained greedy decoding the slow, obvious way: one window at a time, the whole
+    sequence through the model at every step (no cache, no shared prefix, no batch, no
+    padding), full logits, the best allowed token. Only the grammar's candidate sets come
+    from the decoder under test."""
+    decoder = ConstrainedDecoder(model, tok, 0, batch_size=1, device=CPU, precision="fp32")
+    outputs = []
+    for prompt, grammar, budget in zip(*inputs(tok, texts, **kwargs), strict=True):
+        row, tokens = _Row(grammar, grammar.start(), budget, prompt), []
+        while len(tokens) < budget:
+            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0, -1]
+            ids = decoder.candidates(row, row.state, len(tokens))
+            token = ids[int(logits[ids].argmax())]  # the first (lowest id) on a tie
+            if token == tok.eos_token_id:
+                break
+            row.state = decoder._after(row, row.state, token, len(tokens))
+            tokens.append(token)
+        outputs.append(b"".join(decoder.vocab.token_bytes[t] for t in tokens).decode())
+    return outputs
+
+
+def test_batched_cached_speculation_equals_the_naive_decoder_with_an_adapter(tiny):
+    """The shared prompt prefix, padding holes, rows refilled as others finish, cache
+    compaction, projection of allowed rows only and the merged adapter change nothing."""
+    _, tok = tiny
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=4), seed=1)
+    torch.manual_seed(0)
+    state = adapter_state(model)
+    load_adapter_state(model, {k: torch.randn_like(v) * 0.2 for k, v in state.items()})
+    texts = [*ADVERSARIAL[:4], ADVERSARIAL[5], "Aspirin 81 mg daily."]
+    reference = naive_constrained_greedy(model, tok, texts, budget=12)
+    for k, batch in ((0, 3), (6, 2), (16, 8)):
+        with merged_lora(model):
+            outputs, _ = decode(model, tok, texts, k=k, batch_size=batch, budget=12)
+        assert outputs == reference, (k, batch)
 
 
 def test_zero_shot_ends_at_the_windows_end_even_with_a_small_budget(tiny):
@@ -191,9 +246,11 @@ def test_a_perfect_model_is_reproduced_exactly_with_fewer_forward_passes():
 @pytest.mark.slow
 def test_speculation_equals_constrained_greedy_on_smollm2():
     model, tok = load_causal_lm("smollm2-135m"), load_tokenizer("smollm2-135m")
-    texts = ["Metoprolol 25 mg; WBC <4 at 38°C."]
-    reference, ref_stats = decode(model, tok, texts, k=0, batch_size=1, budget=8)
-    outputs, stats = decode(model, tok, texts, k=8, batch_size=1, budget=8)
+    texts = ["Metoprolol 25 mg; WBC <4 at 38°C.", "BP 120/80, HR 72"]
+    reference = naive_constrained_greedy(model, tok, texts, budget=8)
+    greedy, ref_stats = decode(model, tok, texts, k=0, batch_size=1, budget=8)
+    outputs, stats = decode(model, tok, texts, k=8, batch_size=2, budget=8)
+    assert greedy == reference
     assert outputs == reference
     assert stats.window_forwards < ref_stats.window_forwards
     for text, out in zip(texts, outputs, strict=True):
