@@ -10,8 +10,8 @@ skipped, with the reason).
 
 Prints one line per run and writes docs/measured/gpu_check.json (seconds, micro F1
 zero-shot and after the last round, adapter bytes, the driver's peak GPU memory). Exit
-status 1 if any run failed. `--device cpu` walks the same path on a CPU (a smoke test of
-this script; slow beyond the tiny model).
+status 1 if any run failed. `--device cpu --quick --models tiny-random` walks the same
+path on a CPU at the smallest sizes (a smoke test of this script, a few minutes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,20 @@ def _bnb_reason() -> str | None:
     return None
 
 
-def one_run(model: str, base: str, out: Path, device: str = "cuda") -> dict:
+# --quick: the same path (3 sites, 2 rounds, train, aggregate, evaluate, extract) at a
+# size a shared CPU walks in minutes: a smoke test of this script, not a measurement.
+QUICK = {
+    "train.local_steps": 1,
+    "train.batch_size": 2,
+    "data.synthetic.train_docs": 4,
+    "data.synthetic.test_docs": 1,
+    "federation.evaluate_zero_shot": False,
+    "generation.max_new_tokens": 16,
+    "task.max_chunk_tokens": 48,
+}
+
+
+def one_run(model: str, base: str, out: Path, device: str = "cuda", quick: bool = False) -> dict:
     import torch
     from typer.testing import CliRunner
 
@@ -62,7 +75,7 @@ def one_run(model: str, base: str, out: Path, device: str = "cuda") -> dict:
         "simulation.client_gpus": 1 / 3 if device == "cuda" else 0,  # 3 sites share 1 GPU
         "simulation.client_cpus": 1,
         "generation.max_new_tokens": 120,
-    }
+    } | (QUICK if quick else {})
     config = load_config(None, overrides)
     run_dir = out / f"{model}-{base}"
     if device == "cuda":
@@ -81,7 +94,8 @@ def one_run(model: str, base: str, out: Path, device: str = "cuda") -> dict:
         [
             "extract", "--input", str(notes), "--out", str(run_dir / "extracted.jsonl"),
             "--adapter", str(run_dir / "adapter"), "--device", device,
-            "--precision", "bf16-autocast", "--max-new-tokens", "120",
+            "--precision", "bf16-autocast",
+            "--max-new-tokens", str(overrides["generation.max_new_tokens"]),
             "--dtype", dtype, "--quantization", quantization,
         ],
     )  # fmt: skip
@@ -107,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "gpu_check"))
     ap.add_argument("--models", nargs="+", default=["tiny-random", "smollm2-135m"])
     ap.add_argument("--bases", nargs="+", default=["bf16", "nf4"])
-    ap.add_argument("--json", default=str(ROOT / "docs" / "measured" / "gpu_check.json"))
+    ap.add_argument("--json", help="default: docs/measured/gpu_check.json (quick: under --out)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script")
+    ap.add_argument("--quick", action="store_true", help="the same path, smallest sizes")
     args = ap.parse_args(argv)
+    if args.json is None:
+        measured = ROOT / "docs" / "measured" / "gpu_check.json"
+        args.json = str(Path(args.out) / "gpu_check.json" if args.quick else measured)
 
     import torch
 
@@ -131,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model:14s} {base:5s} skipped: {reason}", flush=True)
                 continue
             try:
-                run = one_run(model, base, Path(args.out), args.device)
+                run = one_run(model, base, Path(args.out), args.device, args.quick)
             except Exception as exc:  # report every run, then fail at the end
                 failed = True
                 run = {"model": model, "base": base, "error": repr(exc)}
@@ -142,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gpu_check",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
+        "quick": args.quick,
         "seconds": time.perf_counter() - began,
         "runs": runs,
     }

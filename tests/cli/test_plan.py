@@ -51,3 +51,16 @@ def test_plan_without_a_model_config_offline_is_a_clear_error(tmp_path):
         app, ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml"), "--model-config", str(bad)]
     )
     assert result.exit_code == 2 and "not a decoder config" in result.output
+
+
+def test_plan_for_a_cpu_adds_the_allocator_and_for_a_gpu_not():
+    args = ["plan", str(ROOT / "configs" / "paper-8b-qlora.yaml"), "--model-config", str(LLAMA_8B)]
+    cpu = json.loads(runner.invoke(app, [*args, "--json", "--device", "cpu"]).output)
+    gpu = json.loads(runner.invoke(app, [*args, "--json", "--device", "gpu"]).output)
+    c, g = (p["memory_per_site"]["with_checkpointing"] for p in (cpu, gpu))
+    assert g["allocator"] == 0 and g["total"] == g["live"] == c["live"]
+    assert c["total"] > c["live"] and cpu["settings"]["device"] == "cpu"
+    table = runner.invoke(app, [*args, "--device", "cpu"]).output
+    assert "CPU allocator" in table and "bf16 copies of frozen weights" in table
+    bad = runner.invoke(app, [*args, "--device", "tpu"])
+    assert bad.exit_code == 2 and "--device must be cpu or gpu" in bad.output

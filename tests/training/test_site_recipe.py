@@ -92,3 +92,29 @@ def test_proximal_term_keeps_the_site_near_the_global_adapter():
     prox, prox_stats = prox_site.train(start, 1, 3)
     assert _distance(prox, start) < 0.8 * _distance(free, start)
     assert all(math.isfinite(x) for x in prox_stats.losses)
+
+
+def test_sites_served_by_one_process_share_one_base_model_and_swap_adapters(monkeypatch):
+    from fedmedlora.training import recipe as recipes
+
+    loads = []
+    real = recipes.load_causal_lm
+    monkeypatch.setattr(recipes, "_MODELS", {})
+    monkeypatch.setattr(recipes, "load_causal_lm", lambda *a, **k: loads.append(a) or real(*a, **k))
+    recipe = _recipe(local_steps=1)
+    schema = load_schema()
+    sites = []
+    for name in ("a", "b", "c"):
+        docs = notes(6, name)
+        sites.append(SiteRecipe(recipe, SiteData(SiteSpec.full(name, schema), docs, [])))
+    state = initial_adapter(recipe)
+    updates = [site.train(state, 1, 1)[0] for site in sites]
+    assert len(loads) == 1 and len({id(site.lm.model) for site in sites}) == 1
+    # each site starts from the received adapter, not from the previous site's training:
+    # site c's update is the same when it is served alone by a fresh process
+    monkeypatch.setattr(recipes, "_MODELS", {})
+    docs = notes(6, "c")
+    alone = SiteRecipe(recipe, SiteData(SiteSpec.full("c", schema), docs, [])).train(state, 1, 1)
+    assert len(loads) == 2
+    assert all(torch.equal(updates[2][k], alone[0][k]) for k in state)
+    assert _distance(updates[0], updates[2]) > 0

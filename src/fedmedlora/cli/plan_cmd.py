@@ -42,7 +42,28 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def build_plan(cfg: RunConfig, config_json: Path) -> dict:
+def planned_device(device: str) -> str:
+    """cpu or gpu: `model.device` (auto: what this machine has; cuda, xpu, mps: gpu)."""
+    from fedmedlora.model.loading import pick_device
+
+    if device == "auto":
+        return pick_device(device).type if pick_device(device).type == "cpu" else "gpu"
+    return device if device in ("cpu", "gpu") else "gpu"
+
+
+def planned_precision(precision: str, device: str) -> str:
+    """`model.precision` as the run would resolve it: auto is bf16 autocast on a GPU
+    (all since Ampere) and on a CPU that runs bf16 fast."""
+    import torch
+
+    from fedmedlora.model.loading import resolve_precision
+
+    if precision != "auto" or device == "gpu":
+        return "bf16-autocast" if precision == "auto" else precision
+    return resolve_precision(precision, torch.device("cpu"))
+
+
+def build_plan(cfg: RunConfig, config_json: Path, device: str | None = None) -> dict:
     try:
         shape = Shape.from_file(config_json)
     except (OSError, json.JSONDecodeError) as exc:
@@ -50,6 +71,7 @@ def build_plan(cfg: RunConfig, config_json: Path) -> dict:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     m, lora, train, fed = cfg.model, cfg.lora, cfg.train, cfg.federation
+    device = planned_device(device or m.device)
     common = dict(
         dtype=m.dtype,
         quantization=m.quantization,
@@ -58,8 +80,9 @@ def build_plan(cfg: RunConfig, config_json: Path) -> dict:
         dropout=lora.dropout,
         batch_size=train.batch_size,
         length=cfg.task.max_length,
-        autocast_bf16=m.precision == "bf16-autocast",
+        autocast_bf16=planned_precision(m.precision, device) == "bf16-autocast",
         attention=m.attention,
+        device=device,
     )
     memory = {
         "without_checkpointing": plan_memory(shape, checkpointing=False, **common).as_dict(),
@@ -97,7 +120,8 @@ def print_plan(plan: dict) -> None:
     out.print(
         f"[bold]{plan['model']}[/]: {plan['parameters'] / 1e9:.2f}B parameters, "
         f"{s['dtype']} weights, quantization {s['quantization']}, LoRA r{s['rank']}, "
-        f"batch {s['batch_size']} x {s['length']} tokens"
+        f"batch {s['batch_size']} x {s['length']} tokens, "
+        f"{'bf16 autocast' if s['autocast_bf16'] else 'no autocast'}, on a {s['device']}"
     )
     table = Table(title="memory per site (one training step)")
     table.add_column("")
@@ -117,6 +141,14 @@ def print_plan(plan: dict) -> None:
     for label, key in rows:
         table.add_row(label, _gib(a[key]), _gib(b[key]))
     table.add_row("activations", _gib(a["activations"]), _gib(b["activations_checkpointed"]))
+    if a["autocast_copies"]:
+        table.add_row(
+            "bf16 copies of frozen weights (autocast)",
+            _gib(a["autocast_copies"]),
+            _gib(b["autocast_copies_checkpointed"]),
+        )
+    if a["allocator"]:
+        table.add_row("CPU allocator (glibc heap)", _gib(a["allocator"]), _gib(b["allocator"]))
     table.add_row("[bold]total", f"[bold]{_gib(a['total'])}", f"[bold]{_gib(b['total'])}")
     out.print(table)
     t = plan["traffic"]
@@ -140,10 +172,16 @@ def plan(
         list[str] | None, typer.Option("--set", help="override, e.g. model.quantization=nf4")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu or gpu: plan for that device (default: model.device here)"),
+    ] = None,
 ) -> None:
     """Estimate each site's memory and the run's traffic from the model's config only."""
+    if device not in (None, "cpu", "gpu"):
+        raise ConfigError(f"--device must be cpu or gpu, got {device!r}")
     cfg = load_config(config, parse_overrides(set_))
-    result = build_plan(cfg, model_config_path(cfg.model.name, model_config))
+    result = build_plan(cfg, model_config_path(cfg.model.name, model_config), device)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
