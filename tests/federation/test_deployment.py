@@ -20,8 +20,8 @@ from typing import IO
 
 import pytest
 
+from fedmedlora.cli.credentials import create_credentials
 from fedmedlora.data.formats.jsonl import write_jsonl
-from fedmedlora.federation.credentials import create_credentials
 from tests.fixtures import notes
 
 ROOT = Path(__file__).resolve().parents[2]

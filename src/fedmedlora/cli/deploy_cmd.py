@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fedmedlora.cli.common import console, user_errors
-from fedmedlora.federation.credentials import create_credentials, link_address, server_hosts
+from fedmedlora.cli.credentials import create_credentials, link_address, server_hosts
 
 deploy_app = typer.Typer(
     help="Deploy across sites with Flower's Deployment Engine.", no_args_is_help=True

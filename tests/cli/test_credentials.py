@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from cryptography.hazmat.primitives.serialization.ssh import load_ssh_public_key
 from typer.testing import CliRunner
 
+from fedmedlora.cli.credentials import create_credentials, server_hosts
 from fedmedlora.cli.main import app
 from fedmedlora.errors import ConfigError
-from fedmedlora.federation.credentials import create_credentials, server_hosts
 
 
 def test_server_certificate_is_signed_by_the_study_ca_for_the_hosts(tmp_path):
