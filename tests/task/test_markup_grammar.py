@@ -1,8 +1,8 @@
 """The faithful-markup automaton: gold markup is in its language, unfaithful text is not."""
 
+from fedmedlora.data.chunking import chunk_document
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.synthetic import generate_site
-from fedmedlora.task.chunking import chunk_document
 from fedmedlora.task.markup import serialize
 from fedmedlora.task.markup_grammar import MarkupGrammar
 from tests.fixtures import notes

@@ -16,6 +16,7 @@ from fedmedlora.data.checks import (
     check_split_overlap,
     check_types,
 )
+from fedmedlora.data.chunking import chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.formats import ReadResult
 from fedmedlora.data.noise import corrupt_entity_types
@@ -23,7 +24,6 @@ from fedmedlora.data.schema import Schema
 from fedmedlora.data.settings import DataSettings, SiteSource
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.errors import AnnotationError, ConfigError, Problem
-from fedmedlora.task.chunking import chunk_document
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedmedlora.data.chunking import Chunk, assemble
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.evaluation.decoding import constrained_generate
 from fedmedlora.model.loading import autocast
 from fedmedlora.model.lora import merged_lora
-from fedmedlora.task.chunking import Chunk, assemble
 from fedmedlora.task.markup import parse
 from fedmedlora.task.markup_grammar import MarkupGrammar
 from fedmedlora.task.prompt import PromptStyle

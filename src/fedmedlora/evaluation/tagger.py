@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fedmedlora.data.chunking import assemble, chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.evaluation.inference import ExtractionStats
 from fedmedlora.model.loading import autocast
-from fedmedlora.task.chunking import assemble, chunk_document
 from fedmedlora.task.tagging import LabelSet, decode, encode, link_nearest
 from fedmedlora.training.examples import token_length
 

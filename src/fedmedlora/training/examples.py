@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from fedmedlora.data.chunking import Chunk, chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
-from fedmedlora.task.chunking import Chunk, chunk_document
 from fedmedlora.task.markup import CLASS_PREFIX, serialize, type_starts
 from fedmedlora.task.prompt import PromptStyle, messages
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fedmedlora.data.chunking import chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
-from fedmedlora.task.chunking import chunk_document
 from fedmedlora.task.tagging import IGNORE, LabelSet, encode
 from fedmedlora.training.examples import ExampleSet, token_length
 

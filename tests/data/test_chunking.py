@@ -1,5 +1,5 @@
+from fedmedlora.data.chunking import assemble, chunk_document
 from fedmedlora.data.document import Document, Entity, Relation
-from fedmedlora.task.chunking import assemble, chunk_document
 
 TEXT = (
     "Chest pain since yesterday. Started aspirin 81 mg daily.\n"
