@@ -64,3 +64,17 @@ def test_plan_for_a_cpu_adds_the_allocator_and_for_a_gpu_not():
     assert "CPU allocator" in table and "bf16 copies of frozen weights" in table
     bad = runner.invoke(app, [*args, "--device", "tpu"])
     assert bad.exit_code == 2 and "--device must be cpu or gpu" in bad.output
+
+
+def test_the_paper_config_holds_the_papers_settings():
+    from fedmedlora.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "paper-8b-qlora.yaml")
+    m, lora, train = cfg.model, cfg.lora, cfg.train
+    assert (m.dtype, m.quantization, m.precision) == ("bf16", "nf4", "bf16-autocast")
+    assert (lora.rank, lora.alpha, train.learning_rate) == (16, 64, 2e-4)
+    assert sorted(lora.target_modules) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    assert cfg.federation.rounds == 3 and train.gradient_checkpointing
+    assert cfg.simulation.client_gpus == 1  # one GPU per hospital

@@ -57,3 +57,15 @@ def test_device_map_auto_goes_to_accelerate_and_the_model_is_not_moved_after(mon
     model = load_causal_lm("tiny-random", device_map="auto")
     assert seen["device_map"] == "auto"
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_the_attention_setting_reaches_the_model_and_eager_gives_the_same_logits():
+    ids = torch.randint(3, 600, (2, 24))
+    models = {a: load_causal_lm("tiny-random", attention=a) for a in ("sdpa", "eager")}
+    assert {a: m.config._attn_implementation for a, m in models.items()} == {
+        "sdpa": "sdpa",
+        "eager": "eager",
+    }
+    with torch.no_grad():
+        sdpa, eager = (models[a](input_ids=ids).logits for a in ("sdpa", "eager"))
+    torch.testing.assert_close(sdpa, eager, rtol=1e-4, atol=1e-4)
