@@ -14,11 +14,13 @@ identical; the benchmark checks it.
 
 Without `--adapter` it trains one quickly: the demo recipe on one synthetic site's
 training notes for `--train-steps` steps (a few minutes on a 2-core CPU). Test windows
-are a seeded sample of that site's held-out notes (or, with `--windows-from`, of a JSONL
-file of annotated documents).
+are a seeded sample of that site's held-out notes, or with `--data` (../shared/data) of
+the held-out documents of the three real-corpus sites of clinical_ie.py (`--windows` per
+site; each site's windows are prompted with its own entity types).
 
     .venv/bin/python benchmarks/extraction_speed.py                       # demo-like
     .venv/bin/python benchmarks/extraction_speed.py --adapter runs/x/adapter
+    .venv/bin/python benchmarks/extraction_speed.py --adapter ADAPTER --data ../shared/data
 
 Writes docs/measured/extraction_speed.json (--out) and prints a table.
 """
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,15 @@ from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import load_config
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
-from fedmedlora.data.sites import sample_windows, synthetic_site
-from fedmedlora.evaluation.inference import GenerationSettings, extract
+from fedmedlora.data.sites import load_source, sample_windows, synthetic_site
+from fedmedlora.evaluation.bootstrap import bootstrap_f1, key_slice, micro_counts
+from fedmedlora.evaluation.inference import ExtractionStats, GenerationSettings, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.model.lora import load_adapter_state, save_adapter
 from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.training.recipe import SiteRecipe, initial_adapter
+from measuring import real_site_sources  # beside this script
 
 VARIANTS = ("greedy-batched", "greedy-single", "constrained", "constrained+spec")
 
@@ -58,45 +61,53 @@ def settings_for(variant: str, args: argparse.Namespace, k: int) -> GenerationSe
     )
 
 
-def bootstrap_f1(per_window: list[Scores], mode: str, seed: int, n: int = 1000) -> list[float]:
-    """95% interval of micro entity F1, resampling windows."""
-    counts = [s.micro("entity", mode) for s in per_window]
-    rng = random.Random(seed)
-    values = []
-    for _ in range(n):
-        tp = fp = fn = 0
-        for c in rng.choices(counts, k=len(counts)):
-            tp, fp, fn = tp + c.tp, fp + c.fp, fn + c.fn
-        values.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    values.sort()
-    return [round(values[int(0.025 * n)], 4), round(values[int(0.975 * n) - 1], 4)]
+def interval(per_window: list[Scores], windows: list[Document], mode: str, seed: int):
+    """Micro entity F1 and its 95% interval, resampling source documents (windows of one
+    document move together)."""
+    counts = [micro_counts(s)[key_slice("entity", mode)] for s in per_window]
+    groups = [str(w.meta.get("source_document", w.id)) for w in windows]
+    return bootstrap_f1([counts], groups, seed=seed)
+
+
+Group = tuple[Any, list[Document]]  # (site spec, its windows)
 
 
 def measure(
-    variant: str, lm, tok, windows: list[Document], spec, schema, args, k: int = 0
+    variant: str, lm, tok, groups: list[Group], schema, args, k: int = 0
 ) -> tuple[dict[str, Any], list[Document]]:
-    began = time.perf_counter()
-    preds, stats = extract(
-        lm,
-        tok,
-        windows,
-        spec.entity_types,
-        schema,
-        max_chunk_tokens=args.max_chunk_tokens,
-        settings=settings_for(variant, args, k),
-        device=torch.device("cpu"),
-        precision="fp32",
-        style=PromptStyle(zero_shot=args.zero_shot),
-    )
-    seconds = time.perf_counter() - began
-    per_window = [
-        score_corpus([g], [p], spec.entity_types, spec.relation_types)[0]
-        for g, p in zip(windows, preds, strict=True)
-    ]
+    seconds, stats, preds, windows = 0.0, ExtractionStats(), [], []
+    per_window: list[Scores] = []
+    for spec, docs in groups:
+        began = time.perf_counter()
+        found, s = extract(
+            lm,
+            tok,
+            docs,
+            spec.entity_types,
+            schema,
+            max_chunk_tokens=args.max_chunk_tokens,
+            settings=settings_for(variant, args, k),
+            device=torch.device("cpu"),
+            precision="fp32",
+            style=PromptStyle(zero_shot=args.zero_shot),
+        )
+        seconds += time.perf_counter() - began
+        stats.chunks += s.chunks
+        stats.generated_tokens += s.generated_tokens
+        stats.forward_passes += s.forward_passes
+        stats.issues.update(s.issues)
+        preds += found
+        windows += docs
+        per_window += [
+            score_corpus([g], [p], spec.entity_types, spec.relation_types)[0]
+            for g, p in zip(docs, found, strict=True)
+        ]
     total = Scores()
     for s in per_window:
         total += s
     summary = total.summary()
+    strict = interval(per_window, windows, "strict", args.seed)
+    lenient = interval(per_window, windows, "lenient", args.seed)
     row = {
         "variant": f"{variant} k={k}" if variant == "constrained+spec" else variant,
         "windows": stats.chunks,
@@ -106,9 +117,9 @@ def measure(
         "tokens_per_second": round(stats.generated_tokens / seconds, 2),
         "forward_passes_per_token": round(stats.forward_passes_per_token, 3),
         "entity_strict_f1": round(summary["entity_strict_f1"], 4),
-        "entity_strict_f1_ci95": bootstrap_f1(per_window, "strict", args.seed),
+        "entity_strict_f1_ci95": strict["ci95"],
         "entity_lenient_f1": round(summary["entity_lenient_f1"], 4),
-        "entity_lenient_f1_ci95": bootstrap_f1(per_window, "lenient", args.seed),
+        "entity_lenient_f1_ci95": lenient["ci95"],
         "parse_issues": dict(sorted(stats.issues.items())),
     }
     return row, preds
@@ -136,9 +147,18 @@ def prepare(args: argparse.Namespace):
             "train_seconds": round(time.perf_counter() - began, 1),
             "train_loss": round(stats.mean_loss, 4),
         }
-    windows = sample_windows(data.test, args.windows, args.window_chars, args.seed)
+    if args.data:
+        schema = load_schema()
+        sources = real_site_sources(
+            args.data, test_windows=args.windows, window_chars=args.window_chars
+        )
+        groups = [(d.spec, d.test) for d in (load_source(s, schema, args.seed) for s in sources)]
+    else:
+        groups = [
+            (data.spec, sample_windows(data.test, args.windows, args.window_chars, args.seed))
+        ]
     lm.model.eval()
-    return lm, data.spec, windows, trained
+    return lm, groups, trained
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -168,10 +188,11 @@ def main() -> None:
     ap.add_argument("--adapter", type=Path, help="a PEFT adapter folder (default: train one)")
     ap.add_argument("--save-adapter", type=Path, help="keep the trained adapter here")
     ap.add_argument("--site", default="riverside", help="synthetic site")
+    ap.add_argument("--data", type=Path, help="real corpora (../shared/data): their test windows")
     ap.add_argument("--train-docs", type=int, default=40)
     ap.add_argument("--test-docs", type=int, default=6)
     ap.add_argument("--train-steps", type=int, default=40)
-    ap.add_argument("--windows", type=int, default=24)
+    ap.add_argument("--windows", type=int, default=24, help="test windows (per site with --data)")
     ap.add_argument("--window-chars", type=int, default=240)
     ap.add_argument("--max-chunk-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -187,13 +208,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     schema = load_schema()
-    lm, spec, windows, trained = prepare(args)
+    lm, groups, trained = prepare(args)
     torch.set_num_threads(args.threads)  # loading the recipe sets its own thread count
-    print(f"{len(windows)} windows, {trained}", flush=True)
+    print(f"{[len(w) for _, w in groups]} windows, {trained}", flush=True)
     rows, outputs = [], {}
     runs = [(v, k) for v in args.variants for k in (args.speculate if v.endswith("spec") else [0])]
     for variant, k in runs:
-        row, preds = measure(variant, lm.model, lm.tokenizer, windows, spec, schema, args, k)
+        row, preds = measure(variant, lm.model, lm.tokenizer, groups, schema, args, k)
         rows.append(row)
         outputs[row["variant"]] = [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
         print(row, flush=True)

@@ -10,6 +10,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
 from fedmedlora.evaluation.decoding import (
     ConstrainedDecoder,
+    _BlockWidth,
     _Row,
     constrained_generate,
     vocabulary,
@@ -241,6 +242,25 @@ def test_a_perfect_model_is_reproduced_exactly_with_fewer_forward_passes():
     summary = score_corpus(docs, preds)[0].summary()
     assert summary["entity_strict_f1"] == 1.0 and summary["relation_strict_f1"] == 1.0
     assert stats.forward_passes_per_token < 0.5
+
+
+def test_block_width_follows_the_cost_of_a_pass_and_the_acceptance_seen():
+    width = _BlockWidth(8)
+    for _ in range(50):
+        width.record(8, 8)  # every proposal accepted
+    for columns in (16, 64, 128, 16, 64, 128):
+        width.timed(columns, 1.0 + 0.001 * columns)  # a large fixed cost per pass
+    assert width.choose([8, 8, 3, 0]) == 8
+    width.passes = []
+    for columns in (16, 64, 128, 16, 64, 128):
+        width.timed(columns, 0.01 * columns)  # cost only per column: feed tokens singly
+    assert width.choose([8, 8]) == 0
+    rejecting = _BlockWidth(8)
+    for _ in range(200):
+        rejecting.record(8, 1)  # the second proposal is always refused
+    assert rejecting.accepted[1:4] == [200, 0, 0] and rejecting.offered[1:4] == [200, 200, 0]
+    assert rejecting.choose([8] * 16) == 1  # default cost: one proposal pays, two do not
+    assert rejecting.choose([]) == 0
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ and a waiting one takes its place. docs/extraction.md has the measurements.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -180,6 +181,66 @@ class DecodeStats:
     model_calls: int = 0
 
 
+class _BlockWidth:
+    """How many tokens each row feeds per pass: the width that maximizes the expected
+    tokens gained per second. A pass costs `a + b x columns` (rows x width, padding
+    included: blocks are rectangular), fitted on this run's own passes; a proposal is
+    accepted with the chance measured so far at its place in the block. On a loaded CPU,
+    where a pass costs little beyond its columns, blocks stay short; where a pass has a
+    large fixed cost (a GPU, an idle CPU at small batches), they grow to k. The width
+    changes only how many forward passes the same tokens take, never the tokens."""
+
+    PRIOR_OVERHEAD = 32.0  # a / b in columns, until passes of different sizes are timed
+    PRIOR = (4.0, 1.0)  # pseudo-counts (accepted, rejected) of each place
+
+    def __init__(self, k: int):
+        self.k = k
+        self.offered = [0] * (k + 1)  # at place i (1..k): proposals the model was asked about
+        self.accepted = [0] * (k + 1)
+        self.passes: list[tuple[int, float]] = []  # (columns, seconds), the latest 64
+
+    def record(self, offered: int, accepted: int) -> None:
+        """A row was offered `offered` proposals and accepted the first `accepted`."""
+        for i in range(1, min(offered, accepted + 1) + 1):
+            self.offered[i] += 1
+            self.accepted[i] += i <= accepted
+
+    def timed(self, columns: int, seconds: float) -> None:
+        self.passes = [*self.passes[-63:], (columns, seconds)]
+
+    def _overhead(self) -> float:
+        """a / b of the fitted cost, in columns (least squares; the prior if unfit)."""
+        n = len(self.passes)
+        if n >= 4:
+            mx = sum(c for c, _ in self.passes) / n
+            my = sum(t for _, t in self.passes) / n
+            var = sum((c - mx) ** 2 for c, _ in self.passes)
+            if var > 0:
+                b = sum((c - mx) * (t - my) for c, t in self.passes) / var
+                if b > 0:
+                    return max(0.0, (my - b * mx) / b)
+        return self.PRIOR_OVERHEAD
+
+    def choose(self, proposals: list[int]) -> int:
+        """The number of proposals per row (0..k) for rows offering `proposals` each."""
+        longest = max(proposals, default=0)
+        if longest == 0:
+            return 0
+        good, bad = self.PRIOR
+        reach, chance = [1.0], 1.0  # reach[i]: chance that proposals 1..i are accepted
+        for i in range(1, longest + 1):
+            chance *= (self.accepted[i] + good) / (self.offered[i] + good + bad)
+            reach.append(chance)
+        overhead = self._overhead()
+        best, best_rate, gained = 0, 0.0, 0.0
+        for m in range(longest + 1):  # m proposals: width m + 1
+            gained = sum(1 + sum(reach[1 : min(m, p) + 1]) for p in proposals)
+            rate = gained / (overhead + len(proposals) * (m + 1))
+            if rate > best_rate:
+                best, best_rate = m, rate
+        return best
+
+
 @dataclass
 class _Row:
     grammar: MarkupGrammar
@@ -215,6 +276,7 @@ class ConstrainedDecoder:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.k = speculate_tokens
+        self.width = _BlockWidth(speculate_tokens)
         self.lm = _Model(model, device, precision)
         self.device = device
         self.batch_size = batch_size
@@ -365,8 +427,10 @@ class ConstrainedDecoder:
     def _step(self, stats: DecodeStats) -> None:
         """One forward pass: each row's pending token and its proposals."""
         blocks, paths, groups = [], [], []
-        for row in self.rows:
-            block = [row.pending, *self.propose(row)]
+        proposals = [self.propose(row) for row in self.rows]
+        m = self.width.choose([len(p) for p in proposals])
+        for row, proposed in zip(self.rows, proposals, strict=True):
+            block = [row.pending, *proposed[:m]]
             path = [row.state]  # the state before choosing at each position
             spent = len(row.tokens) + 1
             for j in range(len(block)):
@@ -385,10 +449,12 @@ class ConstrainedDecoder:
         where = [i * w + j for i, block in enumerate(blocks) for j in range(len(block))]
         positions = self.lengths[:, None] + torch.arange(w)[None, :]
         self.mask = torch.cat([self.mask, block_mask], dim=1)
+        began = time.perf_counter()
         states, self.cache = self.lm.forward(ids, self.mask, positions, self.cache)
+        scores = self.lm.scores(states, where, groups)
+        self.width.timed(ids.numel(), time.perf_counter() - began)
         stats.model_calls += 1
         stats.window_forwards += len(self.rows)
-        scores = self.lm.scores(states, where, groups)
         n = 0
         for i, (row, block, path) in enumerate(zip(self.rows, blocks, paths, strict=True)):
             row.tokens.append(block[0])
@@ -406,6 +472,7 @@ class ConstrainedDecoder:
                 self._accept(row, token, self._after(row, path[j], token, len(row.tokens)))
                 break
             n += len(block)
+            self.width.record(len(block) - 1, j)
             self.mask[i, self.mask.shape[1] - w + j + 1 :] = 0  # rejected proposals: holes
             self.lengths[i] += j + 1
         self._compact()
