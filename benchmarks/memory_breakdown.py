@@ -9,8 +9,11 @@ One warm-up step creates AdamW's state; the second step runs with
   the phase (forward, backward, optimizer) it falls in.
 
     .venv/bin/python benchmarks/memory_breakdown.py --dtype fp32 --precision bf16-autocast
+    .venv/bin/python benchmarks/memory_breakdown.py --all   # the three settings, +-ckpt
 
-Prints JSON: the measured groups (MiB) and the estimate's terms beside them.
+Prints JSON (bytes): the weights, adapter and optimizer state, every kept tensor grouped
+by the module that kept it, and the live peak and its phase; `--all` writes
+docs/measured/memory_breakdown.json.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from pathlib import Path
 
-MIB = 2**20
+from measuring import write_result  # beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = [("fp32", "fp32"), ("fp32", "bf16-autocast"), ("bf16", "bf16-autocast")]
 
 
 def step_breakdown(
@@ -141,7 +148,7 @@ def step_breakdown(
     detail: dict[str, int] = defaultdict(int)
     for nbytes, where, dt, shape in saved.values():
         where = re.sub(r"^base_model\.model\.", "", where)
-        kind = re.sub(r"layers\.\d+\.", "layers.N.", where)
+        kind = re.sub(r"layers\.\d+(\.|$)", r"layers.N\1", where)
         kind = re.sub(r"\.(default|base_layer)$", "", kind)
         groups[_group(kind)] += nbytes
         detail[f"{kind} {dt} {shape[-1] if shape else ''}"] += nbytes
@@ -180,6 +187,8 @@ def _group(kind: str) -> str:
         return "lm head / logits"
     if "embed" in kind:
         return "embeddings"
+    if kind.endswith("layers.N"):
+        return "layer inputs (checkpointing)"
     return kind or "outside modules (loss)"
 
 
@@ -191,11 +200,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--all", action="store_true", help="fp32, bf16 autocast, bf16; +-ckpt")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "measured" / "memory_breakdown.json"))
     args = ap.parse_args(argv)
-    result = step_breakdown(
-        args.model, args.dtype, args.precision, args.batch, args.length, args.checkpointing
-    )
-    print(json.dumps(result, indent=1))
+    if not args.all:
+        result = step_breakdown(
+            args.model, args.dtype, args.precision, args.batch, args.length, args.checkpointing
+        )
+        print(json.dumps(result, indent=1))
+        return result
+    runs = [
+        step_breakdown(args.model, dtype, precision, args.batch, args.length, ckpt)
+        for ckpt in (False, True)
+        for dtype, precision in SETTINGS
+    ]
+    result = {"benchmark": "memory_breakdown", "runs": runs}
+    write_result(result, args.out)
     return result
 
 
