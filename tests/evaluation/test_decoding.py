@@ -27,8 +27,7 @@ from fedmedlora.model.lora import (
 )
 from fedmedlora.task.markup import _strip_markup, serialize
 from fedmedlora.task.markup_grammar import MarkupGrammar
-from fedmedlora.task.prompt import PromptStyle
-from fedmedlora.training.examples import prompt_ids
+from fedmedlora.task.prompt import PromptStyle, prompt_ids
 from tests.fixtures import notes
 
 CPU = torch.device("cpu")

@@ -26,8 +26,7 @@ from fedmedlora.model.loading import autocast
 from fedmedlora.model.lora import merged_lora
 from fedmedlora.task.markup import parse
 from fedmedlora.task.markup_grammar import MarkupGrammar
-from fedmedlora.task.prompt import PromptStyle
-from fedmedlora.training.examples import chunk_for, prompt_ids
+from fedmedlora.task.prompt import PromptStyle, chunk_for, prompt_ids
 
 
 class GenerationSettings(BaseModel):

@@ -13,8 +13,8 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.evaluation.inference import ExtractionStats
 from fedmedlora.model.loading import autocast
+from fedmedlora.task.prompt import token_length
 from fedmedlora.task.tagging import LabelSet, decode, encode, link_nearest
-from fedmedlora.training.examples import token_length
 
 
 @torch.no_grad()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedmedlora.data.chunking import Chunk, chunk_document
+from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 
 INSTRUCTION = (
@@ -41,3 +43,26 @@ def messages(
             ]
         )
     return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+def prompt_ids(
+    tokenizer,
+    text: str,
+    entity_types: list[str],
+    schema: Schema,
+    style: PromptStyle = PromptStyle(),
+) -> list[int]:
+    """The chat-templated prompt of `text` as tokens: the same in training and inference."""
+    rendered = tokenizer.apply_chat_template(
+        messages(text, entity_types, schema, style), add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def token_length(tokenizer):
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def chunk_for(doc: Document, tokenizer, max_chunk_tokens: int) -> list[Chunk]:
+    """The windows of `doc` a prompt holds: at most `max_chunk_tokens` tokens of note text."""
+    return chunk_document(doc, max_chunk_tokens, token_length(tokenizer)).chunks

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fedmedlora.data.chunking import Chunk, chunk_document
+from fedmedlora.data.chunking import chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.task.markup import CLASS_PREFIX, serialize, type_starts
-from fedmedlora.task.prompt import PromptStyle, messages
+from fedmedlora.task.prompt import PromptStyle, prompt_ids, token_length
 
 
 @dataclass(frozen=True)
@@ -44,23 +44,6 @@ class ExampleSet:
     dropped_relations: int = 0
     truncated: int = 0
     unmasked_type_positions: int = 0  # type names not starting on a token boundary
-
-
-def token_length(tokenizer):
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def prompt_ids(
-    tokenizer,
-    text: str,
-    entity_types: list[str],
-    schema: Schema,
-    style: PromptStyle = PromptStyle(),
-) -> list[int]:
-    rendered = tokenizer.apply_chat_template(
-        messages(text, entity_types, schema, style), add_generation_prompt=True, tokenize=False
-    )
-    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def type_first_tokens(tokenizer, types: Sequence[str]) -> dict[str, int]:
@@ -92,10 +75,6 @@ def _type_positions(tokenizer, markup: str) -> tuple[list[int], int]:
     chars = type_starts(markup)
     found = [starts[c] for c in chars if c in starts]
     return found, len(chars) - len(found)
-
-
-def chunk_for(doc: Document, tokenizer, max_chunk_tokens: int) -> list[Chunk]:
-    return chunk_document(doc, max_chunk_tokens, token_length(tokenizer)).chunks
 
 
 def build_examples(

@@ -12,8 +12,9 @@ from fedmedlora.data.chunking import chunk_document
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
 from fedmedlora.data.site import SiteSpec
+from fedmedlora.task.prompt import token_length
 from fedmedlora.task.tagging import IGNORE, LabelSet, encode
-from fedmedlora.training.examples import ExampleSet, token_length
+from fedmedlora.training.examples import ExampleSet
 
 
 @dataclass(frozen=True)
