@@ -34,7 +34,7 @@ from typing import Any
 
 from clinical_ie_report import write_report  # beside this script
 from fedmedlora.cli.common import quiet_libraries
-from fedmedlora.config import Recipe, RunConfig, parse_config
+from fedmedlora.config import RunConfig, parse_config
 from fedmedlora.data.document import Document
 from fedmedlora.data.formats.jsonl import load_jsonl, write_jsonl
 from fedmedlora.data.formats.readers import read_any
@@ -54,6 +54,7 @@ from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.federation.simulation import simulate
 from fedmedlora.model.lora import load_adapter_state
 from fedmedlora.training.recipe import initial_adapter, loaded_model, predict
+from fedmedlora.training.settings import Recipe
 from resuming import check_same_arguments, saved_arguments  # beside this script
 
 SITES = ("maccrobat", "chia", "bc5cdr")

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(model: str, n_sites: int, rounds: int, steps: int, docs: int) -> dict:
     import torch
 
-    from fedmedlora.config import Recipe
     from fedmedlora.data.formats.jsonl import write_jsonl
     from fedmedlora.data.synthetic import SYNTHETIC_SITES, generate_site
     from fedmedlora.training import recipe as recipes
+    from fedmedlora.training.settings import Recipe
     from fedmedlora.training.site_setup import site_recipe
 
     torch.set_num_threads(1)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from fedmedlora.config import ModelSettings, Recipe
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.synthetic import generate_site, site_spec
 from fedmedlora.model.loading import autocast, resolve_precision
@@ -27,6 +26,7 @@ from fedmedlora.training.batching import batch_order, collate
 from fedmedlora.training.examples import build_examples
 from fedmedlora.training.loop import TrainSettings, train_steps
 from fedmedlora.training.recipe import loaded_model
+from fedmedlora.training.settings import ModelSettings, Recipe
 
 
 def plain_loop(model, batches, lr: float, device, precision: str) -> float:

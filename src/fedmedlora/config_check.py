@@ -14,16 +14,15 @@ from pydantic import BaseModel, ValidationError
 
 from fedmedlora.config import (
     FederationSettings,
-    ModelSettings,
     RawConfig,
     RunConfig,
-    SiteSource,
-    SyntheticData,
     config_problem,
     parse_config,
     read_raw,
 )
+from fedmedlora.data.settings import SiteSource, SyntheticData
 from fedmedlora.errors import ConfigError, ConfigProblems, FedMedLoRAError, Problem
+from fedmedlora.training.settings import ModelSettings
 from fedmedlora.yaml_lines import Loc, line_of, node_lines
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")

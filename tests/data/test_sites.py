@@ -1,8 +1,8 @@
 import pytest
 
-from fedmedlora.config import DataSettings, SiteSource
 from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.schema import load_schema
+from fedmedlora.data.settings import DataSettings, SiteSource
 from fedmedlora.data.sites import load_source, sample_windows, split_documents
 from fedmedlora.errors import AnnotationError, ConfigError
 from tests.fixtures import notes

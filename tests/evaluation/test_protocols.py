@@ -1,6 +1,5 @@
 import torch
 
-from fedmedlora.config import Recipe
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
@@ -13,6 +12,7 @@ from fedmedlora.evaluation.protocols import (
 )
 from fedmedlora.model.lora import save_adapter
 from fedmedlora.training.recipe import initial_adapter, loaded_model
+from fedmedlora.training.settings import Recipe
 from tests.fixtures import notes
 
 RECIPE = Recipe.model_validate(

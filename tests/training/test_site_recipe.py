@@ -7,12 +7,12 @@ import math
 
 import torch
 
-from fedmedlora.config import Recipe
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
 from fedmedlora.federation.methods.ffa import frozen_parameter
 from fedmedlora.training.recipe import SiteRecipe, initial_adapter
+from fedmedlora.training.settings import Recipe
 from tests.fixtures import notes
 
 

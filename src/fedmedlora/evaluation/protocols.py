@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from fedmedlora.config import Recipe
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
@@ -36,6 +35,7 @@ from fedmedlora.training.recipe import (
     loaded_model,
     train_on,
 )
+from fedmedlora.training.settings import Recipe
 
 State = dict[str, torch.Tensor]
 

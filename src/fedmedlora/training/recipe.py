@@ -14,7 +14,6 @@ from functools import cached_property, partial
 
 import torch
 
-from fedmedlora.config import Recipe
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema, load_schema
 from fedmedlora.data.site import SiteSpec
@@ -34,6 +33,7 @@ from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.task.tagging import LabelSet
 from fedmedlora.training.examples import ExampleSet, build_examples
 from fedmedlora.training.loop import TrainStats, mean_loss, train_steps
+from fedmedlora.training.settings import Recipe
 from fedmedlora.training.tagging import build_tag_examples, collate_tags, tagging_loss
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmedlora.config import Recipe, SiteSource
 from fedmedlora.data.schema import load_schema
+from fedmedlora.data.settings import SiteSource
 from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
 from fedmedlora.training.recipe import SiteRecipe
+from fedmedlora.training.settings import Recipe
 
 
 def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> SiteRecipe:
