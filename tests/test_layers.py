@@ -3,15 +3,20 @@ import-linter, and that contract covers every module of the package."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
-
-from importlinter.cli import lint_imports
 
 import fedmedlora
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(fedmedlora.__file__).parent
+LINT = (
+    "import sys; from importlinter.cli import lint_imports; "
+    "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True))"
+)
 
 
 def _layers() -> list[str]:
@@ -22,7 +27,17 @@ def _layers() -> list[str]:
 
 def test_imports_run_only_downward():
     assert PACKAGE.is_relative_to(ROOT / "src"), f"testing another checkout: {PACKAGE}"
-    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    # A subprocess: lint_imports reconfigures logging (dictConfig), which would silence
+    # caplog in tests that run after this one in the same worker.
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    run = subprocess.run(
+        [sys.executable, "-c", LINT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_every_module_has_a_layer():
