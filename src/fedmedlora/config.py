@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -22,6 +25,10 @@ from pydantic import (
 from fedmedlora.data.settings import SiteSource
 from fedmedlora.errors import ConfigProblems, Problem
 from fedmedlora.evaluation.tracking import TrackingSettings
+from fedmedlora.federation.methods.base import DEFAULT_METHOD, MethodSettings
+from fedmedlora.federation.methods.base import method as aggregation_method
+from fedmedlora.federation.methods.base import methods as aggregation_methods
+from fedmedlora.federation.methods.fedmedlora import FedMedLoRASettings
 from fedmedlora.training.settings import Recipe
 from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line, yaml_reason
 
@@ -30,58 +37,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-AggregationMethod = Literal[
-    "fedmedlora",
-    "fedmedlora+",
-    "ffa",
-    "exact",
-    "fedsa",
-    "fedprox",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "median",
-    "trimmed-mean",
-    "multi-krum",
-    "norm-clip",
-]
+def _aggregation_settings() -> Any:
+    """`federation.aggregation`: the settings model of the method it names (each method's
+    module owns its model, federation/methods/), chosen by its `method` key."""
+    models = [Annotated[m.settings_model, Tag(name)] for name, m in aggregation_methods().items()]
+    return Annotated[
+        Union[tuple(models)],  # noqa: UP007 (a Union built at run time)
+        Discriminator(
+            lambda v: v.get("method", DEFAULT_METHOD) if isinstance(v, dict) else v.method,
+            custom_error_type="unknown_method",
+            custom_error_message=f"method must be one of {', '.join(aggregation_methods())}",
+        ),
+    ]
 
 
-class AggregationSettings(_Strict):
-    """How the server combines site adapters (docs/aggregation.md compares them)."""
+AggregationSettings = _aggregation_settings()
+__all__ = ["AggregationSettings", "RunConfig", "SiteSource", "aggregation_settings"]
 
-    method: AggregationMethod = "fedmedlora"
-    # Fed-MedLoRA+: weights softmax(-validation loss / temperature), mixed with size weights.
-    temperature: float = Field(0.5, gt=0)
-    size_mix: float = Field(0.0, ge=0, le=1)
-    validation: Literal["sites", "server"] = Field(
-        "sites",
-        description="sites: each site reports the loss on its own held-out documents; "
-        "server: the server scores every adapter on `server_validation`",
-    )
-    server_validation: SiteSource | None = Field(
-        None, description="annotated documents the server holds (validation: server)"
-    )
-    # Server optimizers (FedAvgM, FedAdam, FedYogi) on the aggregated adapter delta.
-    server_lr: float | None = Field(None, gt=0, description="default: 1.0 FedAvgM, 0.01 Adam/Yogi")
-    server_momentum: float = Field(0.9, ge=0, lt=1)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
-    # Robust aggregation against hostile sites (over the updates; docs/robustness.md).
-    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: per end")
-    krum_f: int = Field(1, ge=0, description="multi-krum: hostile sites tolerated")
-    krum_m: int | None = Field(None, ge=1, description="multi-krum: updates averaged")
-    clip_norm: float | None = Field(
-        None, gt=0, description="norm-clip: L2 bound per update (default: median norm)"
-    )
 
-    @model_validator(mode="after")
-    def _server_data(self) -> AggregationSettings:
-        server = self.method == "fedmedlora+" and self.validation == "server"
-        if server and self.server_validation is None:
-            raise ValueError("validation: server needs server_validation (the server's data)")
-        return self
+def aggregation_settings(**raw: Any) -> MethodSettings:
+    """`federation.aggregation` from its keys, e.g. aggregation_settings(method="ffa")."""
+    return TypeAdapter(AggregationSettings).validate_python(raw)
 
 
 class ScreeningSettings(_Strict):
@@ -111,15 +87,10 @@ class PrivacySettings(_Strict):
         return self.noise_multiplier > 0
 
 
-# Methods whose aggregate is an average of the updates, which DP-FedAvg replaces by the
-# clipped, equally weighted, noised average (server optimizers then post-process it).
-DP_METHODS = ("fedmedlora", "fedprox", "ffa", "fedsa", "fedavgm", "fedadam", "fedyogi")
-
-
 class FederationSettings(_Strict):
     rounds: int = Field(3, ge=1)
     min_sites: int | None = Field(None, ge=1, description="default: number of configured sites")
-    aggregation: AggregationSettings = AggregationSettings()
+    aggregation: AggregationSettings = Field(default_factory=FedMedLoRASettings)
     screening: ScreeningSettings = ScreeningSettings()
     privacy: PrivacySettings = PrivacySettings()
     fraction_train: float = Field(1.0, gt=0, le=1)
@@ -155,14 +126,12 @@ class RunConfig(Recipe):
     def _method_needs(self) -> RunConfig:
         """Site-side settings some methods need, filled in where the user left them out."""
         agg = self.federation.aggregation
-        site_validation = agg.method == "fedmedlora+" and agg.validation == "sites"
-        if site_validation and self.train.validation_fraction == 0:
-            self.train.validation_fraction = 0.1
-        if agg.method == "fedprox" and self.train.proximal_mu == 0:
-            self.train.proximal_mu = 0.01
-        if self.federation.privacy.enabled and agg.method not in DP_METHODS:
+        agg.configure(self)
+        method = aggregation_method(agg.method)
+        if self.federation.privacy.enabled and not method.supports_dp:
+            dp = [name for name, m in aggregation_methods().items() if m.supports_dp]
             raise ValueError(
-                f"differential privacy needs an averaging method ({', '.join(DP_METHODS)}), "
+                f"differential privacy needs an averaging method ({', '.join(dp)}), "
                 f"not {agg.method}"
             )
         ranks = self.data.site_ranks()
@@ -174,10 +143,12 @@ class RunConfig(Recipe):
             raise ValueError(
                 f"site ranks {too_big} exceed lora.rank {self.lora.rank}, the global rank"
             )
-        if any(r != self.lora.rank for r in ranks.values()) and agg.method != "exact":
+        if any(r != self.lora.rank for r in ranks.values()) and not method.lower_rank:
+            lower = [name for name, m in aggregation_methods().items() if m.lower_rank]
             raise ValueError(
-                f"sites with their own LoRA rank ({ranks}) need aggregation method exact "
-                f"(averaging factors of different shapes is undefined), not {agg.method}"
+                f"sites with their own LoRA rank ({ranks}) need aggregation method "
+                f"{' or '.join(lower)} (averaging factors of different shapes is undefined), "
+                f"not {agg.method}"
             )
         return self
 
@@ -217,12 +188,17 @@ def parse_config(
 
 
 def config_problem(error: dict, where: str, lines: dict, overridden: dict) -> Problem:
-    loc = tuple(error["loc"])
+    loc, of_method = tuple(error["loc"]), ""
+    if loc[:2] == ("federation", "aggregation") and len(loc) > 2:  # the union's tag
+        loc, of_method = loc[:2] + loc[3:], f" (method {loc[2]})"
+    elif error["type"] == "unknown_method":
+        loc += ("method",)
     dotted = ".".join(str(x) for x in loc) or "(top)"
+    reason = f"{dotted}: {_reason(error)}{of_method}"
     for key in overridden:
         if dotted == key or dotted.startswith(key + "."):
-            return Problem(f"--set {key}", 0, f"{dotted}: {_reason(error)}")
-    return Problem(where, line_of(lines, loc), f"{dotted}: {_reason(error)}")
+            return Problem(f"--set {key}", 0, reason)
+    return Problem(where, line_of(lines, loc), reason)
 
 
 @dataclass
@@ -284,7 +260,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     """Relative data paths are relative to the config file, not the working directory."""
-    server_data = config.federation.aggregation.server_validation
+    server_data = config.federation.aggregation.server_data()
     for site in [*config.data.sites, *([server_data] if server_data else [])]:
         site.resolve_paths(base)
     return config

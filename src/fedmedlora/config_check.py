@@ -317,18 +317,8 @@ def _check_federation(fed: FederationSettings, n_sites: int, ctx: _Ctx) -> None:
             f"{fed.screening.min_updates} accepted updates needed but at most {per_round} "
             "site(s) train a round: every round would be skipped",
         )
-    agg = fed.aggregation
-    if agg.method == "multi-krum" and n_sites <= 2 * agg.krum_f + 2:
-        ctx.add(
-            ("federation", "aggregation", "krum_f"),
-            f"multi-krum with krum_f={agg.krum_f} needs more than {2 * agg.krum_f + 2} "
-            f"sites, {n_sites} configured",
-        )
-    if agg.krum_m is not None and agg.krum_m > n_sites:
-        ctx.add(
-            ("federation", "aggregation", "krum_m"),
-            f"averages {agg.krum_m} updates but only {n_sites} sites are configured",
-        )
+    for key, reason in fed.aggregation.site_problems(n_sites):
+        ctx.add(("federation", "aggregation", key), reason)
 
 
 def summary(result: CheckResult) -> str:

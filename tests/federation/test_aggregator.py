@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmedlora.config import AggregationSettings, ScreeningSettings
+from fedmedlora.config import ScreeningSettings, aggregation_settings
 from fedmedlora.federation.aggregation import weighted_average
 from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.federation.methods.screening import NotEnoughSites
@@ -38,7 +38,7 @@ def _honest(g, current, true, n: int, noise: float) -> list[SiteUpdate]:
 def _aggregator(method: str = "fedmedlora", min_updates: int = 1, **settings) -> Aggregator:
     g = torch.Generator().manual_seed(0)
     return Aggregator(
-        AggregationSettings(method=method, **settings),
+        aggregation_settings(method=method, **settings),
         LoraSettings(rank=2, alpha=4),
         _state(g, 1.0),
         screening=ScreeningSettings(min_updates=min_updates),
@@ -96,7 +96,8 @@ def test_robust_methods_resist_sign_flipping_sites_that_plain_averaging_follows(
         return (num / sum(float(true[k].norm() ** 2) for k in KEYS)) ** 0.5
 
     plain = _aggregator().aggregate(1, current, honest + hostile)
-    robust_agg = _aggregator(method, trim_fraction=0.3, krum_f=2)
+    knobs = {"median": {}, "trimmed-mean": {"trim_fraction": 0.3}, "multi-krum": {"krum_f": 2}}
+    robust_agg = _aggregator(method, **knobs[method])
     robust = robust_agg.aggregate(1, current, honest + hostile)
     assert error(plain) > 0.9  # the mean is dragged 8/8 x 2/8 of the way back and more
     assert error(robust) < 0.3
@@ -141,7 +142,7 @@ def test_differential_privacy_is_accounted_round_by_round_and_capped():
     def make(max_epsilon=None):
         g = torch.Generator().manual_seed(0)
         return Aggregator(
-            AggregationSettings(),
+            aggregation_settings(),
             LoraSettings(rank=2, alpha=4),
             _state(g, 1.0),
             privacy=PrivacySettings(noise_multiplier=1.0, clip_norm=0.5, max_epsilon=max_epsilon),
@@ -171,7 +172,7 @@ def test_differential_privacy_is_accounted_round_by_round_and_capped():
 
     # a resumed aggregator continues the same budget and the same noise stream
     resumed = make()
-    resumed.load_state_dict(agg.state_dict())
+    resumed.load_state(agg.state())
     a, b = agg.aggregate(4, current, updates), resumed.aggregate(4, current, updates)
     assert all(torch.equal(a[k], b[k]) for k in KEYS)
     assert resumed.privacy_log[4]["epsilon"] == pytest.approx(agg.privacy_log[4]["epsilon"])

@@ -21,7 +21,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedmedlora.config import AggregationSettings, ScreeningSettings
+from fedmedlora.config import ScreeningSettings, aggregation_settings
 from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import to_record
 from fedmedlora.federation.replies import CountNames
@@ -47,7 +47,7 @@ FAR = _state(99, offset=5.0)
 
 def _strategy(method: str = "fedmedlora") -> FedMedLoRA:
     aggregator = Aggregator(
-        AggregationSettings(method=method),
+        aggregation_settings(method=method),
         LoraSettings(rank=2, alpha=4),
         INITIAL,
         screening=ScreeningSettings(min_updates=1),

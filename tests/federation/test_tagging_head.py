@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmedlora.config import AggregationSettings, parse_config
+from fedmedlora.config import aggregation_settings, parse_config
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
@@ -74,7 +74,7 @@ def test_the_head_is_federated_and_aggregated_per_label(recipe):
     assert torch.equal(drugs[weight][row], start[weight][row])
     assert not torch.equal(doses[weight][row], start[weight][row])
 
-    agg = Aggregator(AggregationSettings(), LoraSettings(rank=4), start, max_site_weight=1.0)
+    agg = Aggregator(aggregation_settings(), LoraSettings(rank=4), start, max_site_weight=1.0)
     updates = [SiteUpdate("a", drugs, 90), SiteUpdate("b", doses, 10)]
     new = agg.aggregate(1, start, updates)
     # dosage: site b's row in full (a plain average would keep a tenth of its update).

@@ -9,6 +9,7 @@ from fedmedlora.model.lora import (
     add_lora,
     load_adapter_state,
     merged_lora,
+    offset_base_weights,
     save_adapter,
 )
 from fedmedlora.model.registry import resolve_model
@@ -56,6 +57,26 @@ def test_merged_lora_computes_the_adapted_model_and_restores_the_weights_bit_for
     with pytest.raises(RuntimeError), merged_lora(model):
         raise RuntimeError("restored on errors too")
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+
+
+def test_base_weight_offsets_apply_to_the_pretrained_weight_each_time():
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=4), seed=1)
+    name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    weight = dict(model.named_parameters())[name]
+    pretrained = weight.detach().clone()
+    offset = torch.full_like(pretrained, 0.25)
+    for _ in range(2):  # the whole offset each round, not a running sum
+        offset_base_weights(model, {name: offset})
+        assert torch.equal(weight, pretrained + offset)
+    offset_base_weights(model, {name: torch.zeros_like(offset)})
+    assert torch.equal(weight, pretrained)
+    with pytest.raises(ValueError, match="no base weight named"):
+        offset_base_weights(model, {"nope.weight": offset})
+    lora_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    with pytest.raises(ValueError, match="is trained, not a frozen base weight"):
+        offset_base_weights(model, {lora_a: torch.zeros(4, pretrained.shape[1])})
+    with pytest.raises(ValueError, match="offset"):
+        offset_base_weights(model, {name: torch.zeros(2, 2)})
 
 
 def test_target_modules_and_rank_are_configurable():

@@ -39,8 +39,9 @@ def personalize(
     """Personalize the federated adapter for one site and score both on its test split."""
     from fedmedlora.evaluation.protocols import load_peft_adapter
     from fedmedlora.evaluation.protocols import personalize as lpft
+    from fedmedlora.federation.methods.hetero_rank import fit_rank
     from fedmedlora.model.lora import save_adapter
-    from fedmedlora.training.site_setup import fit_rank, site_recipe
+    from fedmedlora.training.site_setup import site_recipe
 
     quiet_libraries()
     if (site is None) == (site_config is None):

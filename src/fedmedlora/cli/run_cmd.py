@@ -10,13 +10,14 @@ import typer
 from rich.table import Table
 
 from fedmedlora.cli.common import console, parse_overrides, quiet_libraries, user_errors
-from fedmedlora.config import AggregationMethod, RunConfig
+from fedmedlora.config import RunConfig
 from fedmedlora.config_check import preflight
 from fedmedlora.evaluation.tracking import Backend
+from fedmedlora.federation.methods.base import methods as aggregation_methods
 
 AGGREGATION_HELP = (
     "aggregation method: "
-    + ", ".join(AggregationMethod.__args__)  # type: ignore[attr-defined]
+    + ", ".join(aggregation_methods())
     + " (default: the config's federation.aggregation.method)"
 )
 

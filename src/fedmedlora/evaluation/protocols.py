@@ -113,7 +113,7 @@ def personalize(
     (B and any task head adapt to the site while the shared features stay put), then
     `full_steps` on every adapter weight, one learning-rate schedule over both phases.
     Tuning everything at once from the start distorts the shared features first."""
-    from fedmedlora.federation.methods.ffa import frozen_parameter
+    from fedmedlora.model.lora import frozen_parameter
 
     total = head_steps + full_steps
     if total < 1:

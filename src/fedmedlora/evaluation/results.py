@@ -86,6 +86,14 @@ class RunRecorder:
         self.data["rejected_replies"] = list(reasons)
         self.save()
 
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to go on recording (see federation/checkpoint.py)."""
+        return self.data
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Go on from what `state` returned (a checkpoint's)."""
+        self.data = state
+
     def note(self, key: str, value: Any) -> None:
         """A top-level entry other parts of the server keep here (tracking state, ...)."""
         self.data[key] = value

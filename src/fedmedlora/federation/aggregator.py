@@ -1,80 +1,53 @@
-"""The server's aggregation method, chosen by `federation.aggregation.method`: what it
-sends to sites, what it expects back, and how it turns replies into the next global
-adapter. No Flower here: the strategy (strategy.py) only feeds it decoded replies.
+"""The server's aggregation: the configured method (federation/methods/, chosen by
+`federation.aggregation.method`; docs/aggregation.md) wrapped in what holds for every
+method. No Flower here: the strategy (strategy.py) only feeds it decoded replies.
 
-| method      | sites send | server combines                                          |
-|-------------|------------|----------------------------------------------------------|
-| fedmedlora  | A, B       | example-weighted average of every tensor (FedIT/FedAvg); |
-|             |            | a head's rows over the sites that trained them           |
-| fedmedlora+ | A, B       | average weighted by softmax(-validation loss / T)        |
-| ffa         | B only     | average of B; A frozen at the shared seeded init (exact) |
-| exact       | A, B       | best rank-r factors of sum_k p_k s_k B_k A_k (QR + SVD); |
-|             |            | sites may train lower ranks of their own                 |
-| fedsa       | A only     | average of A; every site keeps its own B (personalized)  |
-| fedprox     | A, B       | as fedmedlora; sites add the proximal term               |
-| fedavgm / fedadam / fedyogi | A, B | server optimizer step along the averaged delta |
-| median / trimmed-mean / multi-krum / norm-clip | A, B | robust combination of the
-  sites' updates, against hostile sites (methods/robust.py)                           |
-
-Before any of these, every reply is screened (methods/screening.py): NaN/Inf, wrong keys
-or shapes, or an update norm far above the others' leave that site out of the round.
-The weights (example counts, Fed-MedLoRA+ scores) are then capped at
+Before the method combines anything, every reply is screened (methods/screening.py):
+NaN/Inf, wrong keys or shapes, or an update norm far above the others' leave that site
+out of the round. The weights (example counts, Fed-MedLoRA+ scores) are then capped at
 `federation.max_site_weight` and renormalised (`aggregation.cap_weights`): they rest on
-the sites' own claims, and no site may take the aggregate over by inflating them.
+the sites' own claims, and no site may take the aggregate over by inflating them. With
+differential privacy on, DP-FedAvg's clipped, noised, equally weighted average replaces
+an averaging method's own average (methods/dp.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from fedmedlora.config import AggregationSettings, PrivacySettings, ScreeningSettings
-from fedmedlora.federation.aggregation import (
-    State,
-    cap_weights,
-    head_rows_from_trainers,
-    weighted_average,
+from fedmedlora.config import PrivacySettings, ScreeningSettings
+from fedmedlora.federation.aggregation import State, cap_weights
+from fedmedlora.federation.methods.base import (
+    Averaging,
+    MethodSettings,
+    Round,
+    SiteUpdate,
+    build,
 )
-from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, dp_average
-from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
-from fedmedlora.federation.methods.fedsa import aggregate_shared, merge_personal, shared_part
-from fedmedlora.federation.methods.ffa import b_only, ffa_aggregate, with_frozen_a
-from fedmedlora.federation.methods.hetero_rank import hetero_aggregate
-from fedmedlora.federation.methods.lora_pairs import lora_scaling
-from fedmedlora.federation.methods.robust import robust_aggregate
 from fedmedlora.federation.methods.screening import require_sites, screen_updates
 from fedmedlora.model.lora import LoraSettings
+
+__all__ = ["DEFAULT_MAX_SITE_WEIGHT", "Aggregator", "SiteUpdate"]
 
 # `federation.max_site_weight` when not set: with 3 or more sites in a round no site may
 # outweigh all the others together; with 2 the cap would only mean equal weights.
 DEFAULT_MAX_SITE_WEIGHT = 0.5
-SERVER_OPTIMIZERS = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01}  # default server lr
-ROBUST = {"median": "median", "trimmed-mean": "trimmed_mean", "multi-krum": "multi_krum",
-          "norm-clip": "norm_clip"}  # fmt: skip
-
-
-@dataclass
-class SiteUpdate:
-    """One site's reply, decoded: its adapter tensors (as sent) and its numbers."""
-
-    site: str
-    state: dict[str, torch.Tensor]
-    num_examples: float
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class Aggregator:
-    settings: AggregationSettings
+    settings: MethodSettings
     lora: LoraSettings
     initial: dict[str, torch.Tensor]
     # Fed-MedLoRA+ with server-held data: the loss of a full adapter on that data.
     server_loss: Callable[[dict[str, torch.Tensor]], float] | None = None
     screening: ScreeningSettings = field(default_factory=ScreeningSettings)
-    opt_state: dict[str, torch.Tensor] = field(default_factory=dict)
     weights_log: dict[int, dict[str, float]] = field(default_factory=dict)
     # round -> "site: reason" for each update left out by screening
     screened_out: dict[int, list[str]] = field(default_factory=dict)
@@ -91,11 +64,11 @@ class Aggregator:
         return DEFAULT_MAX_SITE_WEIGHT if sites >= 3 else 1.0
 
     def __post_init__(self) -> None:
-        m = self.settings
-        if m.method == "fedmedlora+" and m.validation == "server" and self.server_loss is None:
-            raise ValueError("fedmedlora+ with server validation needs a server_loss function")
+        self.method = build(self.settings, self.lora, self.initial, self.server_loss)
         self.accountant = None
         if self.privacy.enabled:
+            if not isinstance(self.method, Averaging):
+                raise ValueError(f"differential privacy needs an averaging method, not {self.name}")
             import random
 
             from flwr.supercore.privacy_accounting import (
@@ -118,10 +91,10 @@ class Aggregator:
             # kept in checkpoints so that a resumed run continues the same stream.
             self.noise = torch.Generator().manual_seed(random.SystemRandom().getrandbits(62))
 
-    def state_dict(self) -> dict:
+    def state(self) -> dict:
         """Everything a resumed run needs (see federation/checkpoint.py)."""
         state = {
-            "opt_state": self.opt_state,
+            "method": self.method.state(),
             "weights_log": self.weights_log,
             "screened_out": self.screened_out,
             "privacy_log": self.privacy_log,
@@ -131,8 +104,9 @@ class Aggregator:
             state["noise"] = self.noise.get_state()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        for name in ("opt_state", "weights_log", "screened_out", "privacy_log"):
+    def load_state(self, state: dict) -> None:
+        self.method.load_state(state["method"])
+        for name in ("weights_log", "screened_out", "privacy_log"):
             setattr(self, name, state[name])
         if self.accountant is not None:
             self.accountant.load_state_dict(state["accountant"])
@@ -176,60 +150,27 @@ class Aggregator:
         return out
 
     @property
-    def method(self) -> str:
+    def name(self) -> str:
         return self.settings.method
 
     def downlink(self, full: State) -> dict[str, torch.Tensor]:
-        """What the server sends (and expects back): FFA leaves out the frozen A, FedSA
-        the personal B."""
-        if self.method == "ffa":
-            return b_only(full)
-        if self.method == "fedsa":
-            return shared_part(full)
-        return dict(full)
+        """What the server sends (FFA leaves out the frozen A, FedSA the personal B)."""
+        return self.method.downlink(full)
+
+    def uplink(self, sent: State) -> dict[str, torch.Tensor]:
+        """What sites send back, of what the server sent."""
+        return self.method.uplink(sent)
 
     def full(self, sent: State) -> dict[str, torch.Tensor]:
-        """A complete PEFT adapter from what travels (FedSA: the shared part with the
-        initial, zero B: the personalized adapters stay at the sites)."""
-        if self.method == "ffa":
-            return with_frozen_a(sent, self.initial)
-        if self.method == "fedsa":
-            return merge_personal(sent, self.initial)
-        return dict(sent)
+        """A complete PEFT adapter from what travels."""
+        return self.method.full(sent)
 
     def weights(self, server_round: int, updates: Sequence[SiteUpdate]) -> list[float]:
         """Each site's share of the aggregate (logged per round as contribution scores)."""
-        counts = [u.num_examples for u in updates]
-        if self.method != "fedmedlora+":
-            total = sum(counts)
-            weights = [c / total for c in counts]
-        else:
-            if self.settings.validation == "server":
-                assert self.server_loss is not None
-                losses = [self.server_loss(self.full(u.state)) for u in updates]
-                for u, loss in zip(updates, losses, strict=True):
-                    u.metrics["server-val-loss"] = loss
-            else:
-                missing = [u.site for u in updates if "val-loss" not in u.metrics]
-                if missing:
-                    raise ValueError(f"sites {missing} reported no validation loss")
-                losses = [u.metrics["val-loss"] for u in updates]
-            weights = plus_weights(
-                losses, counts, self.settings.temperature, self.settings.size_mix
-            )
         # Counts and losses are the sites' own claims: none may take over the aggregate.
-        weights = cap_weights(weights, self.site_cap(len(updates)))
+        weights = cap_weights(self.method.weights(updates), self.site_cap(len(updates)))
         self.weights_log[server_round] = {u.site: w for u, w in zip(updates, weights, strict=True)}
         return weights
-
-    def _robust_params(self) -> dict:
-        m = self.settings
-        return {
-            "median": {},
-            "trimmed-mean": {"beta": m.trim_fraction},
-            "multi-krum": {"f": m.krum_f, "m": m.krum_m},
-            "norm-clip": {"max_norm": m.clip_norm},
-        }[self.method]
 
     def aggregate(
         self, server_round: int, current: State, updates: Sequence[SiteUpdate]
@@ -238,9 +179,9 @@ class Aggregator:
         if not updates:
             raise ValueError("nothing to aggregate")
         screened = screen_updates(
-            current,
+            self.uplink(current),
             [(u.site, u.state) for u in updates],
-            lower_rank=self.method == "exact",
+            lower_rank=self.method.lower_rank,
             norm_factor=self.screening.norm_factor,
         )
         self.screened_out[server_round] = screened.reasons()
@@ -248,49 +189,18 @@ class Aggregator:
         updates = [updates[i] for i in screened.accepted]
         weights = self.weights(server_round, updates)
         states = [u.state for u in updates]
-        if self.method in ROBUST:
-            params = self._robust_params()
-            if self.method == "multi-krum":  # the cap holds among the selected updates too
-                averaged = self.settings.krum_m or len(updates) - self.settings.krum_f
-                params["max_weight"] = self.site_cap(averaged)
-            aggregated, info = robust_aggregate(
-                current, states, weights, ROBUST[self.method], **params
-            )
-            if self.method in ("median", "trimmed-mean"):  # every site counts alike
-                self.weights_log[server_round] = {u.site: 1 / len(updates) for u in updates}
-            if "selected" in info:  # multi-krum: only the selected sites count
-                chosen = dict(zip(info["selected"], info["selected_weights"], strict=True))
-                self.weights_log[server_round] = {
-                    u.site: chosen.get(i, 0.0) for i, u in enumerate(updates)
-                }
-            return aggregated
-        if self.method == "ffa" and self.accountant is None:
-            return ffa_aggregate(states, weights)
-        if self.method == "fedsa" and self.accountant is None:
-            return aggregate_shared(states, weights)
-        if self.method == "exact":  # sites may train ranks of their own
-            return hetero_aggregate(
-                states,
-                weights,
-                alpha=self.lora.alpha,
-                global_rank=self.lora.rank,
-                global_scaling=lora_scaling(self.lora.alpha, self.lora.rank),
-                seed=server_round,
-            )
         if self.accountant is not None:  # equal weights are part of the DP guarantee
+            assert isinstance(self.method, Averaging)
             self.weights_log[server_round] = {u.site: 1 / len(updates) for u in updates}
             averaged = self._private_average(server_round, current, states)
-        else:
-            averaged = weighted_average(states, weights)
-            averaged = head_rows_from_trainers(current, states, weights, averaged)
-        if self.method in SERVER_OPTIMIZERS:
-            settings = server_opt.ServerOptSettings(
-                method=self.method,
-                lr=self.settings.server_lr or SERVER_OPTIMIZERS[self.method],
-                momentum=self.settings.server_momentum,
-                beta1=self.settings.beta1,
-                beta2=self.settings.beta2,
-                tau=self.settings.tau,
+            return self.method.after_average(current, averaged)
+        combined = self.method.combine(Round(server_round, current, states, weights, self.site_cap))
+        if combined.weights is not None:
+            self.weights_log[server_round] = dict(
+                zip((u.site for u in updates), combined.weights, strict=True)
             )
-            averaged, self.opt_state = server_opt.step(current, averaged, self.opt_state, settings)
-        return averaged
+        return combined.state
+
+    def save(self, model: Any, sent: State, out_dir: Path) -> None:
+        """The run's final adapter, as the method saves it."""
+        self.method.save(model, sent, out_dir)

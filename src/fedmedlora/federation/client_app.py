@@ -29,16 +29,16 @@ from fedmedlora.federation.messages import (
     to_record,
     wire_dtype,
 )
-from fedmedlora.federation.methods.fedsa import merge_personal
-from fedmedlora.federation.methods.ffa import frozen_parameter, with_frozen_a
-from fedmedlora.federation.methods.lora_pairs import is_lora_b
+from fedmedlora.federation.methods.base import DEFAULT_METHOD, method
+from fedmedlora.federation.methods.hetero_rank import fit_rank
 from fedmedlora.federation.privacy import check_reply
-from fedmedlora.model.lora import save_adapter
+from fedmedlora.model.lora import offset_base_weights, save_adapter
 from fedmedlora.training.recipe import SiteRecipe
-from fedmedlora.training.site_setup import fit_rank, site_recipe
+from fedmedlora.training.site_setup import site_recipe
 
 app = ClientApp()
-# Node-state records of what never leaves the site (FedSA's B) and how often it trained.
+# Node-state records of what never leaves the site (a method's `kept_local` tensors, e.g.
+# FedSA's B) and how often it trained.
 PERSONAL, PERSONAL_ROUNDS = "fedsa-personal", "fedsa-personal-rounds"
 
 
@@ -78,18 +78,23 @@ def site_for(context: Context, recipe_json: str) -> SiteRecipe:
 
 
 def complete(site: SiteRecipe, received: dict, context: Context) -> dict:
-    """The full adapter from what the server sent, in this site's shapes: under FFA-LoRA
-    only B travels (A is the shared seeded initialisation every site builds itself);
-    under FedSA only A travels (B is the site's own, kept in its node state); a site of
-    its own, lower rank gets the global adapter truncated to that rank."""
+    """The full adapter from what the server sent, in this site's shapes.
+
+    An adapter tensor the server did not send is the site's own: one it kept local (in
+    its node state, e.g. FedSA's B) or its initialisation (e.g. FFA-LoRA's frozen A, the
+    seeded init every site builds alike). A tensor the server sent that is no adapter
+    tensor offsets the frozen base weight it names (FedEx-LoRA's residual). A site of its
+    own, lower rank gets the global adapter truncated to that rank.
+    """
     initial = site.lm.initial
-    missing = set(initial) - set(received)
-    if not missing:
-        state = received
-    elif all(is_lora_b(k) for k in missing):
-        state = merge_personal(received, {**initial, **(_personal(context) or {})})
+    base = {k: v for k, v in received.items() if k not in initial}
+    if base:
+        offset_base_weights(site.lm.model, base)
+    if set(initial) <= set(received):
+        state = {k: v for k, v in received.items() if k in initial}
     else:
-        state = with_frozen_a(received, initial)
+        own = {**initial, **(_personal(context) or {})}
+        state = {k: received[k] if k in received else own[k] for k in initial}
     return fit_rank(site, state)
 
 
@@ -109,21 +114,22 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     site = site_for(context, str(config["recipe"]))
     server_round = int(config["server-round"])
-    method = str(config.get("aggregation", "fedmedlora"))
+    hooks = method(str(config.get("aggregation", DEFAULT_METHOD)))  # its site hooks
     received = from_record(msg.content[ARRAYS])
     state, stats = site.train(
         complete(site, received, context),
         server_round,
         int(config["total-steps"]),
-        freeze=frozen_parameter if method == "ffa" else None,
+        freeze=hooks.site_freeze,
     )
     extra = {}
-    if method == "fedsa":  # B stays here, for the next round and for evaluation
-        context.state[PERSONAL] = to_record({k: v for k, v in state.items() if is_lora_b(k)})
+    if hooks.kept_local is not None:  # for the next round and for evaluation
+        context.state[PERSONAL] = to_record({k: v for k, v in state.items() if hooks.kept_local(k)})
         rounds = context.state.metric_records.get(PERSONAL_ROUNDS)
         extra["personal-rounds"] = int(rounds["rounds"]) + 1 if rounds else 1
         context.state[PERSONAL_ROUNDS] = MetricRecord({"rounds": extra["personal-rounds"]})
-    state = {k: state[k] for k in received}  # send back what came: FFA B only, FedSA A only
+    # Send back the adapter tensors that came (FFA: B only, FedSA: A only).
+    state = {k: state[k] for k in received if k in site.lm.initial}
     name = site.site.spec.name
     if site.validation.examples:
         extra["val-loss"] = site.validation_loss()
@@ -150,7 +156,7 @@ def train(msg: Message, context: Context) -> Message:
             SITE: ConfigRecord({SITE: name}),
         }
     )
-    return _reply(msg, content, {k: tuple(site.lm.initial[k].shape) for k in received})
+    return _reply(msg, content, {k: tuple(site.lm.initial[k].shape) for k in state})
 
 
 @app.evaluate()

@@ -2,7 +2,7 @@
 return, records metrics and traffic, and saves the final adapter in PEFT format.
 
 `flwr run` and deployments use the module-level `app` (run config keys: `config`, the
-path of a run config file, and `out`); `fedmedlora demo`/`train` call `run_federation`
+path of a run config file, and `out`); `fedmedlora demo`/`run` call `run_federation`
 through `simulation.simulate`.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmedlora.config import RunConfig
@@ -27,7 +27,7 @@ from fedmedlora.federation.aggregator import Aggregator
 from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.replies import CountNames
 from fedmedlora.federation.strategy import FedMedLoRA
-from fedmedlora.model.lora import adapter_bytes, save_adapter
+from fedmedlora.model.lora import adapter_bytes
 from fedmedlora.training.recipe import (
     LoadedModel,
     build_site_examples,
@@ -46,20 +46,176 @@ def run_federation(
     listener: Listener | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Zero-shot evaluation, `rounds` rounds of Fed-MedLoRA, final adapter and report.
-    A checkpoint is written after every round; `resume` continues from the last one."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = config.recipe()  # as sent to the sites
-    # The recipe's thread count is for site processes sharing a machine; the server's own
-    # model (aggregation, Fed-MedLoRA+ scoring, saving) must not change this process's.
-    own = recipe.model_copy(update={"threads": None})
-    lm = loaded_model(own)
-    initial = initial_adapter(own)
+    """Zero-shot evaluation, `rounds` rounds of the configured method, final adapter and
+    report. A checkpoint is written after every round; `resume` continues from the last."""
+    run = _Run(config, Path(out_dir), listener)
+    if resume:
+        run.resume()
+    run.open_tracking()
+    fed = config.federation
+    status, error = "completed", None
+    try:
+        if fed.evaluate_zero_shot and not resume:
+            run.zero_shot(grid)
+        final_arrays = run.arrays  # a checkpoint of the last round: nothing left to run
+        if run.done < fed.rounds:
+            final_arrays = run.strategy.start(
+                grid=grid,
+                initial_arrays=run.arrays,
+                num_rounds=fed.rounds - run.done,
+                timeout=fed.timeout_s,
+                train_config=run.round_config(
+                    {"total-steps": fed.rounds * run.recipe.train.local_steps}
+                ),
+                evaluate_config=run.round_config({"zero-shot-prompt": False}),
+            ).arrays
+        if not run.strategy.train_metrics:
+            raise FedMedLoRAError(
+                "no round could aggregate any site's update: "
+                + "; ".join(run.strategy.rejected[:5])
+            )
+        run.aggregator.save(run.lm.model, from_record(final_arrays), run.out)
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        results = run.finish(status, error)
+    return results
+
+
+class _Run:
+    """One federated run's server-side objects and the callbacks between them."""
+
+    def __init__(self, config: RunConfig, out: Path, listener: Listener | None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.config, self.out, self.listener = config, out, listener
+        self.recipe = config.recipe()  # as sent to the sites
+        # The recipe's thread count is for site processes sharing a machine; the server's
+        # own model (aggregation, Fed-MedLoRA+ scoring, saving) must not change this one's.
+        own = self.recipe.model_copy(update={"threads": None})
+        self.lm = loaded_model(own)
+        initial = initial_adapter(own)
+        fed, sites = config.federation, config.data.site_names
+        self.recorder = _recorder(config, out, self.lm, initial)
+        self.aggregator = Aggregator(
+            fed.aggregation,
+            self.recipe.lora,
+            initial,
+            server_loss=_server_loss(config, own, self.lm),
+            screening=fed.screening,
+            privacy=fed.privacy,
+            population=len(sites),
+            max_site_weight=fed.max_site_weight,
+        )
+        sent = self.aggregator.downlink(initial)
+        self.strategy = FedMedLoRA(
+            {k: tuple(v.shape) for k, v in self.aggregator.uplink(sent).items()},
+            aggregator=self.aggregator,
+            min_sites=fed.min_sites or len(sites),
+            fraction_train=fed.fraction_train,
+            evaluate_every=fed.evaluate_every,
+            num_rounds=fed.rounds,
+            on_evaluated=self.evaluated,
+            on_trained=self.trained,
+            on_round_end=self.round_end,
+            count_names=_count_names(self.recipe.schema_name),
+            sites=sites,
+            wire_dtype=fed.adapter_wire_dtype,
+        )
+        # Tracking may be switched on or off when resuming: not part of the run's identity.
+        self.stamp = checkpoint.fingerprint(
+            config.model_dump(mode="json", by_alias=True, exclude={"tracking"})
+        )
+        self.done = 0
+        self.arrays = to_record(sent, fed.adapter_wire_dtype)
+
+    def resume(self) -> None:
+        """Continue from the last checkpoint: every object restores its own state."""
+        saved = checkpoint.load(self.out, self.stamp)
+        self.done = int(saved["round"])
+        self.arrays = to_record(saved["arrays"], self.config.federation.adapter_wire_dtype)
+        self.aggregator.load_state(saved["aggregator"])
+        self.strategy.load_state(saved["strategy"], self.done)
+        self.recorder.load_state(saved["recorder"])
+        self._tell("resumed", self.done, None)
+
+    def open_tracking(self) -> None:
+        noted = self.recorder.state()
+        self.tracking = Tracking.open(
+            self.config.tracking, self.out, self.config.name, noted.get("tracking")
+        )
+        if "tracking" not in noted:  # a resumed run logged its parameters already
+            self.tracking.start(flatten(self.config.model_dump(mode="json", by_alias=True)))
+
+    def round_config(self, extra: dict) -> ConfigRecord:
+        return ConfigRecord({"recipe": self.recipe.to_json(), **extra})
+
+    def zero_shot(self, grid: Grid) -> None:
+        self._tell("zero-shot", 0, None)
+        messages = self.strategy.configure_evaluate(
+            0, self.arrays, self.round_config({"zero-shot-prompt": True}), grid
+        )
+        replies = grid.send_and_receive(messages, timeout=self.config.federation.timeout_s)
+        self.strategy.aggregate_evaluate(0, replies)
+        self.tracked(0)
+
+    def _tell(self, event: str, rnd: int, payload: Any) -> None:
+        if self.listener:
+            self.listener(event, rnd, payload)
+
+    def evaluated(self, rnd: int, per_site: dict[str, Scores]) -> None:
+        self.recorder.evaluated(rnd, per_site, self.strategy.eval_inference.get(rnd))
+        self._tell("evaluated", rnd, per_site)
+
+    def trained(self, rnd: int, per_site: dict[str, dict[str, float]]) -> None:
+        self.recorder.trained(rnd, per_site, self.aggregator.privacy_log.get(rnd))
+        self._tell("trained", rnd, per_site)
+
+    def tracked(self, rnd: int) -> None:
+        """The round's numbers, as results.json has them, to the trackers (once each)."""
+        self.recorder.traffic(dict(self.strategy.traffic))
+        self.recorder.rejected(self.strategy.rejected)
+        if self.config.tracking.backends:
+            self.tracking.log(rnd, round_metrics(self.recorder.state(), rnd), once=True)
+            self.recorder.note("tracking", self.tracking.state())
+
+    def round_end(self, rnd: int, arrays: ArrayRecord) -> None:
+        self.tracked(rnd)
+        checkpoint.save(
+            self.out,
+            {
+                "fingerprint": self.stamp,
+                "round": rnd,
+                "arrays": from_record(arrays),
+                "aggregator": self.aggregator.state(),
+                "strategy": self.strategy.state(),
+                "recorder": self.recorder.state(),
+            },
+        )
+
+    def finish(self, status: str, error: str | None) -> dict[str, Any]:
+        """results.json (and report.md, the trackers' last entries), however the run ended."""
+        rounds = self.config.federation.rounds
+        self.recorder.rejected(self.strategy.rejected)
+        skipped = [r for r in range(1, rounds + 1) if r not in self.strategy.train_metrics]
+        self.recorder.note("skipped_rounds", skipped)
+        self.recorder.traffic(dict(self.strategy.traffic))
+        results = self.recorder.finish(status, **({"error": error} if error else {}))
+        if any("sites" in r for r in results["rounds"]):
+            write_report(results, self.out)
+        if self.config.tracking.backends:
+            names = ["results.json", "report.md", "adapter", "shared_adapter.safetensors"]
+            pngs = sorted(self.out.glob("*.png"))
+            self.tracking.finish(status, [*(self.out / n for n in names), *pngs])
+            self.recorder.note("tracking", self.tracking.state())
+        return results
+
+
+def _recorder(config: RunConfig, out: Path, lm: LoadedModel, initial: dict) -> RunRecorder:
     trainable, total = lm.model.get_nb_trainable_parameters()
     sites = config.data.site_names
-    recorder = RunRecorder(
-        out_dir,
+    return RunRecorder(
+        out,
         run={
             "name": config.name,
             "model": config.model.name,
@@ -78,146 +234,6 @@ def run_federation(
         },
     )
 
-    def evaluated(rnd: int, per_site: dict[str, Scores]) -> None:
-        recorder.evaluated(rnd, per_site, strategy.eval_inference.get(rnd))
-        if listener:
-            listener("evaluated", rnd, per_site)
-
-    def trained(rnd: int, per_site: dict[str, dict[str, float]]) -> None:
-        recorder.trained(rnd, per_site, aggregator.privacy_log.get(rnd))
-        if listener:
-            listener("trained", rnd, per_site)
-
-    fed = config.federation
-    aggregator = Aggregator(
-        fed.aggregation,
-        recipe.lora,
-        initial,
-        server_loss=_server_loss(config, own, lm),
-        screening=fed.screening,
-        privacy=fed.privacy,
-        population=len(sites),
-        max_site_weight=fed.max_site_weight,
-    )
-    sent = aggregator.downlink(initial)
-    strategy = FedMedLoRA(
-        {k: tuple(v.shape) for k, v in sent.items()},
-        aggregator=aggregator,
-        min_sites=fed.min_sites or len(sites),
-        fraction_train=fed.fraction_train,
-        evaluate_every=fed.evaluate_every,
-        num_rounds=fed.rounds,
-        on_evaluated=evaluated,
-        on_trained=trained,
-        count_names=_count_names(recipe.schema_name),
-        sites=sites,
-        wire_dtype=fed.adapter_wire_dtype,
-    )
-    recipe_json = recipe.to_json()
-    # Tracking may be switched on or off when resuming: it is not part of the run's identity.
-    stamp = checkpoint.fingerprint(
-        config.model_dump(mode="json", by_alias=True, exclude={"tracking"})
-    )
-    done = 0
-    if resume:
-        saved = checkpoint.load(out_dir, stamp)
-        done, sent = int(saved["round"]), saved["arrays"]
-        aggregator.load_state_dict(saved["aggregator"])
-        strategy.traffic.update(saved["strategy"].pop("traffic"))
-        for name, value in saved["strategy"].items():
-            setattr(strategy, name, value)
-        recorder.data = saved["recorder"]
-        strategy.round_offset = done
-        if listener:
-            listener("resumed", done, None)
-    tracking = Tracking.open(config.tracking, out_dir, config.name, recorder.data.get("tracking"))
-    if "tracking" not in recorder.data:  # a resumed run logged its parameters already
-        tracking.start(flatten(config.model_dump(mode="json", by_alias=True)))
-
-    def tracked(rnd: int) -> None:
-        """The round's numbers, as results.json has them, to the trackers (once each)."""
-        recorder.traffic(dict(strategy.traffic))
-        recorder.rejected(strategy.rejected)
-        if config.tracking.backends:
-            tracking.log(rnd, round_metrics(recorder.data, rnd), once=True)
-            recorder.note("tracking", tracking.state())
-
-    def round_end(rnd: int, arrays) -> None:
-        tracked(rnd)
-        checkpoint.save(
-            out_dir,
-            {
-                "fingerprint": stamp,
-                "round": rnd,
-                "arrays": from_record(arrays),
-                "aggregator": aggregator.state_dict(),
-                "strategy": {
-                    "traffic": dict(strategy.traffic),
-                    "rejected": strategy.rejected,
-                    "train_metrics": strategy.train_metrics,
-                },
-                "recorder": recorder.data,
-            },
-        )
-
-    strategy.on_round_end = round_end
-    arrays = to_record(sent, fed.adapter_wire_dtype)
-    status, error = "completed", None
-    try:
-        if fed.evaluate_zero_shot and not resume:
-            if listener:
-                listener("zero-shot", 0, None)
-            zero_cfg = ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": True})
-            replies = grid.send_and_receive(
-                strategy.configure_evaluate(0, arrays, zero_cfg, grid), timeout=fed.timeout_s
-            )
-            strategy.aggregate_evaluate(0, replies)
-            tracked(0)
-        final_arrays = arrays  # a checkpoint of the last round: nothing left to run
-        if done < fed.rounds:
-            final_arrays = strategy.start(
-                grid=grid,
-                initial_arrays=arrays,
-                num_rounds=fed.rounds - done,
-                timeout=fed.timeout_s,
-                train_config=ConfigRecord(
-                    {"recipe": recipe_json, "total-steps": fed.rounds * recipe.train.local_steps}
-                ),
-                evaluate_config=ConfigRecord({"recipe": recipe_json, "zero-shot-prompt": False}),
-            ).arrays
-        if not strategy.train_metrics:
-            raise FedMedLoRAError(
-                "no round could aggregate any site's update: " + "; ".join(strategy.rejected[:5])
-            )
-        final = from_record(final_arrays)
-        if aggregator.method == "fedsa":
-            # Each site's B never left it: there is no global adapter, only the shared
-            # part (the sites keep their personalized adapters, see SiteSource.keep_dir).
-            from safetensors.torch import save_file
-
-            save_file(final, str(out_dir / "shared_adapter.safetensors"))
-        else:
-            save_adapter(lm.model, aggregator.full(final), out_dir / "adapter")
-    except BaseException as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        recorder.rejected(strategy.rejected)
-        recorder.note(
-            "skipped_rounds",
-            [r for r in range(1, fed.rounds + 1) if r not in strategy.train_metrics],
-        )
-        recorder.traffic(dict(strategy.traffic))
-        results = recorder.finish(status, **({"error": error} if error else {}))
-        if any("sites" in r for r in results["rounds"]):
-            write_report(results, out_dir)
-        if config.tracking.backends:
-            names = ["results.json", "report.md", "adapter", "shared_adapter.safetensors"]
-            pngs = sorted(out_dir.glob("*.png"))
-            tracking.finish(status, [*(out_dir / n for n in names), *pngs])
-            recorder.note("tracking", tracking.state())
-    return results
-
 
 def _count_names(schema_name: str) -> CountNames:
     """The evaluation counts a site may report: per type of the run's schema."""
@@ -228,22 +244,22 @@ def _count_names(schema_name: str) -> CountNames:
 
 
 def _server_loss(config: RunConfig, recipe, lm: LoadedModel):
-    """Fed-MedLoRA+ with server-held data: the loss of an adapter on that data (all of
-    its documents, train and test alike: the server never trains on them)."""
-    agg = config.federation.aggregation
-    if agg.method != "fedmedlora+" or agg.validation != "server":
+    """A method that scores adapters on server-held data (Fed-MedLoRA+): the loss of an
+    adapter on that data (all of its documents, train and test alike: the server never
+    trains on them)."""
+    server_data = config.federation.aggregation.server_data()
+    if server_data is None:
         return None
     from fedmedlora.data.schema import load_schema
     from fedmedlora.data.sites import load_source
     from fedmedlora.model.lora import load_adapter_state
 
-    assert agg.server_validation is not None  # the config's validator demands it
     schema = load_schema(recipe.schema_name)
-    data = load_source(agg.server_validation, schema, recipe.seed)
+    data = load_source(server_data, schema, recipe.seed)
     docs = [*data.train, *data.test]
     examples = build_site_examples(recipe, lm, docs, data.spec, schema).examples
     if not examples:
-        raise FedMedLoRAError(f"server_validation {agg.server_validation.name!r}: no examples")
+        raise FedMedLoRAError(f"server_validation {server_data.name!r}: no examples")
 
     def loss(state):
         load_adapter_state(lm.model, state)

@@ -121,6 +121,27 @@ class FedMedLoRA(FedAvg):
         # round -> site -> inference.INFERENCE_METRICS (speed of the evaluation)
         self.eval_inference: dict[int, dict[str, dict[str, float]]] = {}
 
+    def run_round(self, flower_round: int) -> int:
+        """The run's round number of Flower's: Flower counts from 1 at each start(), a
+        resumed run continues after the rounds done before; 0 is the zero-shot
+        evaluation (the server app's own call)."""
+        return flower_round + self.round_offset if flower_round > 0 else 0
+
+    def state(self) -> dict:
+        """What a resumed run needs (see federation/checkpoint.py)."""
+        return {
+            "traffic": dict(self.traffic),
+            "rejected": self.rejected,
+            "train_metrics": self.train_metrics,
+        }
+
+    def load_state(self, state: dict, rounds_done: int) -> None:
+        """Continue after `rounds_done` rounds with what `state` returned."""
+        self.traffic.update(state["traffic"])
+        self.rejected = state["rejected"]
+        self.train_metrics = state["train_metrics"]
+        self.round_offset = rounds_done
+
     # --- accounting -------------------------------------------------------------------
     def _count(
         self, server_round: int, phase: str, direction: str, messages: Iterable[Message]
@@ -192,7 +213,7 @@ class FedMedLoRA(FedAvg):
 
     def _check(self, node: int, content, train: bool) -> Reply:
         """The reply decoded, or EgressViolation / InvalidReply saying what is wrong."""
-        lower_rank = self.aggregator.method == "exact"
+        lower_rank = self.aggregator.method.lower_rank
         check_reply(content, self.adapter_shapes if train else None, lower_rank=lower_rank)
         if len(content.metric_records) != 1:
             raise EgressViolation("expected exactly one metric record")
@@ -207,8 +228,7 @@ class FedMedLoRA(FedAvg):
         metrics = next(iter(content.metric_records.values()))
         if not train:
             return Reply(site, node, check_eval_metrics(metrics, self.count_names))
-        settings = self.aggregator.settings
-        needs = settings.method == "fedmedlora+" and settings.validation == "sites"
+        needs = self.aggregator.settings.needs_site_validation
         checked = check_train_metrics(metrics, needs_val_loss=needs)
         arrays = next(iter(content.array_records.values()))
         state = decode_arrays(
@@ -259,10 +279,10 @@ class FedMedLoRA(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        server_round += self.round_offset
+        server_round = self.run_round(server_round)
         self.current = from_record(arrays)
         self.global_arrays = arrays
-        config = ConfigRecord({**config, "aggregation": self.aggregator.method})
+        config = ConfigRecord({**config, "aggregation": self.aggregator.name})
         return self._count(
             server_round,
             "train",
@@ -275,7 +295,7 @@ class FedMedLoRA(FedAvg):
         server_round: int,
         replies: Iterable[Message],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server_round += self.round_offset
+        server_round = self.run_round(server_round)
         replies = self._count(server_round, "train", "up", replies)
         before = len(self.rejected)
         accepted = self._accepted(server_round, replies, train=True)
@@ -328,8 +348,7 @@ class FedMedLoRA(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if server_round > 0:  # round 0 (zero-shot) is the server app's own call
-            server_round += self.round_offset
+        server_round = self.run_round(server_round)
         if not self.wants_evaluation(server_round):
             if server_round > 0 and self.on_round_end:
                 self.on_round_end(server_round, self.global_arrays)
@@ -346,8 +365,7 @@ class FedMedLoRA(FedAvg):
         server_round: int,
         replies: Iterable[Message],
     ) -> MetricRecord | None:
-        if server_round > 0:
-            server_round += self.round_offset
+        server_round = self.run_round(server_round)
         replies = list(replies)
         if not replies and not self.wants_evaluation(server_round):
             return None  # not an evaluation round: on_round_end ran in configure_evaluate

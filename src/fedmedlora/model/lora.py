@@ -86,6 +86,40 @@ def merged_lora(model) -> Iterator[int]:
                 module.merged_adapters.clear()
 
 
+def frozen_parameter(name: str) -> bool:
+    """Whether the site must freeze this parameter under FFA-LoRA (federation/methods/ffa): every
+    lora_A factor.
+
+    Takes `model.named_parameters()` names, which carry the adapter name
+    (`...q_proj.lora_A.default.weight`, `...embed_tokens.lora_embedding_A.default`), and
+    also state-dict keys, for use as a `freeze(name)` predicate in the training loop.
+    """
+    return ".lora_A." in name or ".lora_embedding_A." in name or name.endswith(".lora_embedding_A")
+
+
+def offset_base_weights(model, offsets: dict[str, torch.Tensor]) -> None:
+    """Set each named frozen base weight (a `named_parameters()` name, e.g.
+    `...q_proj.base_layer.weight`) to its pretrained value plus `offsets[name]`.
+
+    The pretrained values are kept on first use, so that the server can send the whole
+    offset every round (FedEx-LoRA's residual) and a site apply it any number of times.
+    """
+    params = dict(model.named_parameters())
+    unknown = sorted(set(offsets) - set(params))[:3]
+    if unknown:
+        raise ValueError(f"no base weight named {unknown} in this model")
+    pretrained = model.__dict__.setdefault("_pretrained_weights", {})
+    with torch.no_grad():
+        for name, offset in offsets.items():
+            p = params[name]
+            if p.requires_grad:
+                raise ValueError(f"{name} is trained, not a frozen base weight")
+            if tuple(offset.shape) != tuple(p.shape):
+                raise ValueError(f"{name}: offset {tuple(offset.shape)} != {tuple(p.shape)}")
+            base = pretrained.setdefault(name, p.detach().clone())
+            p.copy_(base + offset.to(device=p.device, dtype=p.dtype))
+
+
 def adapter_state(model) -> dict[str, torch.Tensor]:
     """The trainable adapter tensors (and a task head, if any), detached float32 copies."""
     from peft import get_peft_model_state_dict

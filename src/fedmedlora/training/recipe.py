@@ -20,7 +20,6 @@ from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData, split_documents
 from fedmedlora.evaluation.inference import ExtractionStats, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
-from fedmedlora.federation.methods.fedprox import proximal_term
 from fedmedlora.model.loading import (
     load_causal_lm,
     load_token_classifier,
@@ -33,6 +32,7 @@ from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.task.tagging import LabelSet
 from fedmedlora.training.examples import ExampleSet, build_examples
 from fedmedlora.training.loop import TrainStats, mean_loss, train_steps
+from fedmedlora.training.proximal import proximal_term
 from fedmedlora.training.settings import Recipe
 from fedmedlora.training.tagging import build_tag_examples, collate_tags, tagging_loss
 
@@ -239,8 +239,8 @@ class SiteRecipe:
         return loaded_model(self.recipe)
 
     @cached_property
-    def _parts(self) -> tuple[ExampleSet, ExampleSet, list[Document]]:
-        """(training examples, validation examples, validation documents), built once."""
+    def _parts(self) -> tuple[ExampleSet, ExampleSet]:
+        """(training examples, validation examples), built once."""
         docs, held = list(self.site.train), []
         fraction = self.recipe.train.validation_fraction
         seed = zlib.crc32(f"{self.recipe.seed}:{self.site.spec.name}:validation".encode())
@@ -258,7 +258,7 @@ class SiteRecipe:
         if len(validation.examples) > cap:
             keep = sorted(random.Random(seed).sample(range(len(validation.examples)), cap))
             validation.examples = [validation.examples[i] for i in keep]
-        return build(docs), validation, held
+        return build(docs), validation
 
     @property
     def examples(self) -> ExampleSet:
@@ -267,10 +267,6 @@ class SiteRecipe:
     @property
     def validation(self) -> ExampleSet:
         return self._parts[1]
-
-    @property
-    def validation_documents(self) -> list[Document]:
-        return self._parts[2]
 
     def seed(self, server_round: int) -> int:
         return zlib.crc32(

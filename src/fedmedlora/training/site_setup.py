@@ -49,21 +49,3 @@ def own_rank(recipe: Recipe, rank: int | None) -> Recipe:
     if rank > recipe.lora.rank:
         raise ConfigError(f"site rank {rank} exceeds the global rank {recipe.lora.rank}")
     return recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"rank": rank})})
-
-
-def fit_rank(site: SiteRecipe, state: dict) -> dict:
-    """`state` in this site's shapes: a site of its own, lower rank gets the global
-    adapter's SVD-optimal truncation to that rank (see federation/methods/hetero_rank)."""
-    from fedmedlora.federation.methods.hetero_rank import redistribute, site_rank
-    from fedmedlora.federation.methods.lora_pairs import lora_scaling
-
-    initial = site.lm.initial
-    if all(k in initial and state[k].shape == initial[k].shape for k in state):
-        return state
-    alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
-    return redistribute(
-        state,
-        rank,
-        lora_scaling(alpha, rank),
-        global_scaling=lora_scaling(alpha, site_rank(state)),
-    )

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from fedmedlora.federation.aggregation import weighted_average
-from fedmedlora.federation.methods.fedmedlora_plus import plus_aggregate, plus_weights
+from fedmedlora.federation.methods.base import SiteUpdate
+from fedmedlora.federation.methods.fedmedlora_plus import FedMedLoRAPlus, PlusSettings, plus_weights
+from fedmedlora.model.lora import LoraSettings
 
-from .helpers import adapter, gen
+from .helpers import gen
 
 
 def test_hand_computed_softmax_and_mix():
@@ -79,15 +80,14 @@ def test_rejects_bad_input(losses, counts, kwargs, message):
         plus_weights(losses, counts, **kwargs)
 
 
-def test_plus_aggregate_is_weighted_average_with_plus_weights():
-    g = gen(0)
-    states = [adapter(g, 2) for _ in range(3)]
+def test_the_method_weights_sites_by_their_reported_validation_loss():
+    settings = PlusSettings(temperature=0.5, size_mix=0.2)
+    plus = FedMedLoRAPlus(settings, LoraSettings(), {})
     losses, counts = [0.3, 1.2, 0.7], [10, 50, 20]
-    out = plus_aggregate(states, losses, counts, temperature=0.5, size_mix=0.2)
-    expected = weighted_average(states, plus_weights(losses, counts, 0.5, 0.2))
-    assert out.keys() == expected.keys()
-    assert all(torch.equal(out[k], expected[k]) for k in out)
-    by_size = weighted_average(states, counts)  # and it differs from Fed-MedLoRA's weights
-    assert not all(torch.allclose(out[k], by_size[k]) for k in out)
-    with pytest.raises(ValueError, match="3 states but 2"):
-        plus_aggregate(states, losses[:2], counts[:2])
+    pairs = enumerate(zip(losses, counts, strict=True))
+    updates = [SiteUpdate(f"s{i}", {}, n, {"val-loss": v}) for i, (v, n) in pairs]
+    assert plus.weights(updates) == plus_weights(losses, counts, 0.5, 0.2)
+    assert plus.weights(updates) != [n / sum(counts) for n in counts]  # not Fed-MedLoRA's
+    updates[1].metrics.clear()
+    with pytest.raises(ValueError, match=r"sites \['s1'\] reported no validation loss"):
+        plus.weights(updates)

@@ -8,7 +8,7 @@ MODULES = sorted(Path(methods.__file__).parent.glob("*.py"))
 
 def test_methods_import_no_flower():
     """The methods are pure tensor functions: the strategy imports them, never the reverse."""
-    assert len(MODULES) == 12
+    assert {"base", "fedmedlora", "ffa", "robust", "screening", "dp"} <= {p.stem for p in MODULES}
     for path in MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []

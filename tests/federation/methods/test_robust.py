@@ -17,9 +17,9 @@ N_HONEST, N_ATTACK = 7, 2
 SIGMA = 0.3  # per-coordinate noise of an honest update around U (U's coordinates are N(0, 1))
 ROBUST = [
     ("median", {}),
-    ("trimmed_mean", {"beta": 0.25}),  # ⌊0.25·9⌋ = 2 trimmed per side: as many as attackers
-    ("multi_krum", {"f": N_ATTACK}),  # averages the n − f = 7 best-scoring updates
-    ("norm_clip", {}),  # τ = median update norm, an honest one with 7 of 9 honest
+    ("trimmed-mean", {"beta": 0.25}),  # ⌊0.25·9⌋ = 2 trimmed per side: as many as attackers
+    ("multi-krum", {"f": N_ATTACK}),  # averages the n − f = 7 best-scoring updates
+    ("norm-clip", {}),  # τ = median update norm, an honest one with 7 of 9 honest
 ]
 
 
@@ -94,13 +94,13 @@ def test_robust_methods_stay_near_the_true_update(seed, attack, method, params):
     x, states, w, target = _federation(seed, attack)
     out, info = robust_aggregate(x, states, w, method, **params)
     err = _rel_err(out, target, x)
-    tol = 0.5 if (method, attack) == ("norm_clip", "flip") else 0.3
+    tol = 0.5 if (method, attack) == ("norm-clip", "flip") else 0.3
     assert err < tol
     assert info["method"] == method and len(info["norms"]) == N_HONEST + N_ATTACK
-    if method == "multi_krum":
+    if method == "multi-krum":
         assert len(info["selected"]) == N_HONEST
         assert set(info["selected"]) == set(range(N_HONEST)), "Krum selected an attacker"
-    if method == "norm_clip":
+    if method == "norm-clip":
         attackers = info["clip_factors"][N_HONEST:]
         assert all(c < 0.25 for c in attackers)  # norms ≥ 5‖U‖ clipped to ≈ ‖U‖
 
@@ -108,7 +108,7 @@ def test_robust_methods_stay_near_the_true_update(seed, attack, method, params):
 def test_trimming_fewer_than_the_attackers_does_not_protect():
     """The other side of the trimmed-mean guarantee: ⌊0.15·9⌋ = 1 < 2 attackers."""
     x, states, w, target = _federation(0, "scale")
-    out, info = robust_aggregate(x, states, w, "trimmed_mean", beta=0.15)
+    out, info = robust_aggregate(x, states, w, "trimmed-mean", beta=0.15)
     assert info["trimmed_per_side"] == 1
     assert _rel_err(out, target, x) > 3.0
 
@@ -116,7 +116,7 @@ def test_trimming_fewer_than_the_attackers_does_not_protect():
 def test_multi_krum_protects_by_its_selection_alone():
     """Selecting everyone (f = 0, m = n) averages the attackers in: the plain mean again."""
     x, states, w, target = _federation(0, "scale")
-    out, info = robust_aggregate(x, states, w, "multi_krum", f=0, m=9)
+    out, info = robust_aggregate(x, states, w, "multi-krum", f=0, m=9)
     assert sorted(info["selected"]) == list(range(9))
     assert _rel_err(out, target, x) > 8.0
 
@@ -138,11 +138,11 @@ def test_degenerate_settings_reproduce_the_weighted_mean_exactly():
     x, states, _, _ = _federation(3, None)
     w = [float(k) for k in range(1, 10)]
     mean = weighted_average(states, w)
-    krum_all, info = robust_aggregate(x, states, w, "multi_krum", f=0, m=9)
-    no_clip, clip = robust_aggregate(x, states, w, "norm_clip", max_norm=1e9)
+    krum_all, info = robust_aggregate(x, states, w, "multi-krum", f=0, m=9)
+    no_clip, clip = robust_aggregate(x, states, w, "norm-clip", max_norm=1e9)
     assert clip["clip_factors"] == [1.0] * 9 and sorted(info["selected"]) == list(range(9))
     unweighted = weighted_average(states, [1.0] * 9)
-    no_trim, trim = robust_aggregate(x, states, w, "trimmed_mean", beta=0.1)  # ⌊0.9⌋ = 0
+    no_trim, trim = robust_aggregate(x, states, w, "trimmed-mean", beta=0.1)  # ⌊0.9⌋ = 0
     assert trim["trimmed_per_side"] == 0
     for key in x:
         torch.testing.assert_close(krum_all[key], mean[key], rtol=0, atol=1e-6)
@@ -169,7 +169,7 @@ def test_median_and_trimmed_mean_work_on_updates_not_states():
 
 def test_trimmed_mean_by_hand():
     states = _scalar_states([[v, -v] for v in [0.0, 1.0, 2.0, 3.0, 100.0]])
-    out, info = robust_aggregate(_zero_like(states), states, [1] * 5, "trimmed_mean", beta=0.2)
+    out, info = robust_aggregate(_zero_like(states), states, [1] * 5, "trimmed-mean", beta=0.2)
     assert info["trimmed_per_side"] == 1
     assert out["a"].tolist() == [2.0] and out["b"].tolist() == [-2.0]  # mean of 1, 2, 3
 
@@ -180,10 +180,10 @@ def test_krum_scores_and_selection_by_hand():
     states = _scalar_states([[v] for v in [0.0, 1.0, 2.0, 3.0, 10.0]])
     x = _zero_like(states)
     assert krum_scores(updates(x, states), f=1) == [5.0, 2.0, 2.0, 5.0, 113.0]
-    out, info = robust_aggregate(x, states, [1, 1, 1, 1, 1], "multi_krum", f=1)
+    out, info = robust_aggregate(x, states, [1, 1, 1, 1, 1], "multi-krum", f=1)
     assert info["selected"] == [1, 2, 0, 3]  # m = n − f = 4, ties by index
     assert out["a"].tolist() == [1.5]
-    one, info = robust_aggregate(x, states, [1, 3, 1, 1, 1], "multi_krum", f=1, m=2)
+    one, info = robust_aggregate(x, states, [1, 3, 1, 1, 1], "multi-krum", f=1, m=2)
     assert info["selected"] == [1, 2] and one["a"].tolist() == [1.25]  # (3·1 + 1·2) / 4
 
 
@@ -202,11 +202,11 @@ def test_norm_clip_by_hand():
     """Updates (3, 4), (0, 1), (0, 2) over keys a, b: norms 5, 1, 2; τ = median = 2, so
     the first is scaled by 0.4. Weights 1, 1, 2: ((1.2, 1.6) + (0, 1) + 2·(0, 2)) / 4."""
     states = _scalar_states([[3, 4], [0, 1], [0, 2]])
-    out, info = robust_aggregate(_zero_like(states), states, [1, 1, 2], "norm_clip")
+    out, info = robust_aggregate(_zero_like(states), states, [1, 1, 2], "norm-clip")
     assert info["norms"] == pytest.approx([5, 1, 2]) and info["max_norm"] == 2
     assert info["clip_factors"] == pytest.approx([0.4, 1, 1])
     assert out["a"].tolist() == pytest.approx([0.3]) and out["b"].tolist() == pytest.approx([1.65])
-    fixed, info = robust_aggregate(_zero_like(states), states, [1, 1, 2], "norm_clip", max_norm=1)
+    fixed, info = robust_aggregate(_zero_like(states), states, [1, 1, 2], "norm-clip", max_norm=1)
     assert info["clip_factors"] == pytest.approx([0.2, 1, 0.5])  # (0.6, 0.8 + 1 + 2) / 4
     assert fixed["a"].tolist() == pytest.approx([0.15]) and fixed["b"].tolist() == pytest.approx(
         [0.95]
@@ -240,15 +240,15 @@ def test_info_is_plain_python():
     [
         ("mean", {}, "unknown robust method"),
         ("median", {"beta": 0.1}, r"unknown parameters \['beta'\]"),
-        ("trimmed_mean", {}, r"missing required parameters \['beta'\]"),
-        ("trimmed_mean", {"beta": 0.5}, r"beta must be in \[0, 0.5\)"),
-        ("trimmed_mean", {"beta": -0.1}, "beta must be"),
-        ("multi_krum", {"f": 2}, "n > 2f"),  # n = 6 is not > 6
-        ("multi_krum", {"f": -1}, "f >= 0"),
-        ("multi_krum", {"f": 1, "m": 6}, r"m must be in \[1, n - f\] = \[1, 5\]"),
-        ("multi_krum", {"f": 1, "m": 0}, "m must be"),
-        ("norm_clip", {"max_norm": 0.0}, "max_norm must be positive"),
-        ("norm_clip", {"max_norm": math.inf}, "max_norm must be positive"),
+        ("trimmed-mean", {}, r"missing required parameters \['beta'\]"),
+        ("trimmed-mean", {"beta": 0.5}, r"beta must be in \[0, 0.5\)"),
+        ("trimmed-mean", {"beta": -0.1}, "beta must be"),
+        ("multi-krum", {"f": 2}, "n > 2f"),  # n = 6 is not > 6
+        ("multi-krum", {"f": -1}, "f >= 0"),
+        ("multi-krum", {"f": 1, "m": 6}, r"m must be in \[1, n - f\] = \[1, 5\]"),
+        ("multi-krum", {"f": 1, "m": 0}, "m must be"),
+        ("norm-clip", {"max_norm": 0.0}, "max_norm must be positive"),
+        ("norm-clip", {"max_norm": math.inf}, "max_norm must be positive"),
     ],
 )
 def test_bad_parameters_raise(method, params, match):
@@ -281,4 +281,4 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="state 4, a: non-finite"):
         robust_aggregate(x, nan, [1] * 5, "median")
     with pytest.raises(ValueError, match="all have weight 0"):
-        robust_aggregate(x, states, [0, 0, 0, 0, 1], "multi_krum", f=0, m=1)
+        robust_aggregate(x, states, [0, 0, 0, 0, 1], "multi-krum", f=0, m=1)

@@ -1,15 +1,13 @@
-"""Federated LoRA aggregation methods as pure functions over adapter tensors.
+"""Federated LoRA aggregation methods, one module each, none importing Flower.
 
-One module per method; none imports Flower, so each can be unit-tested on its own and
-the strategy only has to pick one and move records around:
+Each method module holds the method's maths as pure functions over adapter tensors, its
+settings model and a `base.Method` subclass registered with `@base.register`; `base`
+finds every module of this package, so a new method is one new file here
+(docs/architecture.md, "How to add an aggregation method"). Shared pieces:
 
+- `base`: the Method hooks, MethodSettings, the registry.
 - `lora_pairs`: which keys of an adapter state are LoRA (A, B) pairs, which are not.
-- `fedmedlora_plus`: Fed-MedLoRA+ data-aware site weights (validation loss, size).
-- `exact`: product-exact aggregation of ΔW = Σ p_k s_k B_k A_k, and SVD truncation.
-- `ffa`: FFA-LoRA (A frozen at the shared init; only B travels).
-- `hetero_rank`: sites with different LoRA ranks (exact aggregate, redistribute).
-- `server_opt`: FedAvgM / FedAdam / FedYogi on the aggregated pseudo-gradient.
-- `fedprox`: the FedProx proximal term for the site's loss.
-- `fedsa`: FedSA-LoRA (A shared, B stays at the site).
-- `screening`, `robust`: drop faulty site updates; median, trimmed mean, Krum, clipping.
+- `exact`: product-exact aggregation of ΔW = Σ p_k s_k B_k A_k, and SVD truncation
+  (used by `hetero_rank`, the `exact` method).
+- `screening`, `dp`: what wraps every method (faulty replies left out; DP-FedAvg).
 """

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
-import torch
+from pydantic import Field, model_validator
 
-from fedmedlora.federation.aggregation import State, weighted_average
+from fedmedlora.data.settings import SiteSource
+from fedmedlora.federation.methods.base import (
+    Averaging,
+    MethodSettings,
+    SiteUpdate,
+    register,
+)
+
+DEFAULT_VALIDATION_FRACTION = 0.1  # train.validation_fraction when the config has none
 
 
 def plus_weights(
@@ -56,17 +65,62 @@ def plus_weights(
     return [(1 - size_mix) * s + size_mix * n / total for s, n in zip(softmax, counts, strict=True)]
 
 
-def plus_aggregate(
-    states: Sequence[State],
-    val_losses: Sequence[float],
-    num_examples: Sequence[float],
-    *,
-    temperature: float = 1.0,
-    size_mix: float = 0.0,
-) -> dict[str, torch.Tensor]:
-    """Fed-MedLoRA+ aggregation: `weighted_average` (A and B averaged separately, as in
-    Fed-MedLoRA) with `plus_weights` instead of the example counts."""
-    if len(states) != len(val_losses):
-        raise ValueError(f"{len(states)} states but {len(val_losses)} validation losses")
-    weights = plus_weights(val_losses, num_examples, temperature, size_mix)
-    return weighted_average(states, weights)
+class PlusSettings(MethodSettings):
+    """Weights softmax(-validation loss / temperature), mixed with size weights."""
+
+    method: Literal["fedmedlora+"] = "fedmedlora+"
+    temperature: float = Field(0.5, gt=0)
+    size_mix: float = Field(0.0, ge=0, le=1)
+    validation: Literal["sites", "server"] = Field(
+        "sites",
+        description="sites: each site reports the loss on its own held-out documents; "
+        "server: the server scores every adapter on `server_validation`",
+    )
+    server_validation: SiteSource | None = Field(
+        None, description="annotated documents the server holds (validation: server)"
+    )
+
+    @model_validator(mode="after")
+    def _server_data(self) -> PlusSettings:
+        if self.validation == "server" and self.server_validation is None:
+            raise ValueError("validation: server needs server_validation (the server's data)")
+        return self
+
+    def configure(self, config: Any) -> None:
+        if self.needs_site_validation and config.train.validation_fraction == 0:
+            config.train.validation_fraction = DEFAULT_VALIDATION_FRACTION
+
+    @property
+    def needs_site_validation(self) -> bool:
+        return self.validation == "sites"
+
+    def server_data(self) -> SiteSource | None:
+        return self.server_validation
+
+
+@register
+class FedMedLoRAPlus(Averaging):
+    name = "fedmedlora+"
+    settings_model = PlusSettings
+    summary = "average weighted by softmax(-validation loss / T)"
+    settings: PlusSettings
+
+    def __init__(self, settings, lora, initial, server_loss=None) -> None:
+        super().__init__(settings, lora, initial, server_loss)
+        if settings.validation == "server" and server_loss is None:
+            raise ValueError("fedmedlora+ with server validation needs a server_loss function")
+
+    def weights(self, updates: Sequence[SiteUpdate]) -> list[float]:
+        """Each site's loss on the server's data, or the one it reports on its own."""
+        if self.settings.validation == "server":
+            assert self.server_loss is not None
+            losses = [self.server_loss(self.full(u.state)) for u in updates]
+            for u, loss in zip(updates, losses, strict=True):
+                u.metrics["server-val-loss"] = loss
+        else:
+            missing = [u.site for u in updates if "val-loss" not in u.metrics]
+            if missing:
+                raise ValueError(f"sites {missing} reported no validation loss")
+            losses = [u.metrics["val-loss"] for u in updates]
+        counts = [u.num_examples for u in updates]
+        return plus_weights(losses, counts, self.settings.temperature, self.settings.size_mix)

@@ -8,10 +8,13 @@ shared part with its own B before training on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from fedmedlora.federation.aggregation import State, weighted_average
+from fedmedlora.federation.methods.base import Averaging, MethodSettings, register
 from fedmedlora.federation.methods.lora_pairs import is_lora_b, pair_rank, split_lora
 
 
@@ -52,3 +55,33 @@ def merge_personal(global_shared: State, local_state: State) -> dict[str, torch.
     for a_key, b_key in split_lora(merged).pairs.values():
         pair_rank(merged, a_key, b_key)
     return merged
+
+
+class FedSASettings(MethodSettings):
+    method: Literal["fedsa"] = "fedsa"
+
+
+@register
+class FedSA(Averaging):
+    name = "fedsa"
+    settings_model = FedSASettings
+    summary = "average of A; every site keeps its own B (personalized)"
+    kept_local = staticmethod(is_lora_b)
+
+    def downlink(self, full: State) -> dict[str, torch.Tensor]:
+        return shared_part(full)
+
+    def full(self, sent: State) -> dict[str, torch.Tensor]:
+        """The shared part with the initial, zero B (the personalized adapters stay at
+        the sites)."""
+        return merge_personal(sent, self.initial)
+
+    def average(self, current: State, states: list[State], weights: list[float]) -> dict:
+        return aggregate_shared(states, weights)
+
+    def save(self, model: Any, sent: State, out_dir: Path) -> None:
+        """Only the shared part: each site's B never left it, so there is no global
+        adapter (the sites keep their personalized ones, see SiteSource.keep_dir)."""
+        from safetensors.torch import save_file
+
+        save_file(dict(sent), str(out_dir / "shared_adapter.safetensors"))

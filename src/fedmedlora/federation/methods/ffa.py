@@ -9,21 +9,14 @@ to travel. (Same rank and scaling at every site is assumed, as FFA does.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from fedmedlora.federation.aggregation import State, weighted_average
+from fedmedlora.federation.methods.base import Averaging, MethodSettings, register
 from fedmedlora.federation.methods.lora_pairs import is_lora_a, pair_rank, split_lora
-
-
-def frozen_parameter(name: str) -> bool:
-    """Whether the site must freeze this parameter under FFA-LoRA: every lora_A factor.
-
-    Takes `model.named_parameters()` names, which carry the adapter name
-    (`...q_proj.lora_A.default.weight`, `...embed_tokens.lora_embedding_A.default`), and
-    also state-dict keys, for use as a `freeze(name)` predicate in the training loop.
-    """
-    return ".lora_A." in name or ".lora_embedding_A." in name or name.endswith(".lora_embedding_A")
+from fedmedlora.model.lora import frozen_parameter
 
 
 def b_only(state: State) -> dict[str, torch.Tensor]:
@@ -33,15 +26,9 @@ def b_only(state: State) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not is_lora_a(k)}
 
 
-def a_only(state: State) -> dict[str, torch.Tensor]:
-    """The frozen lora_A factors of a full state, which the server keeps to rebuild full
-    adapters (for saving or evaluation) with `with_frozen_a`."""
-    return {k: state[k] for k in split_lora(state).a_keys}
-
-
 def with_frozen_a(b_state: State, frozen_a_state: State) -> dict[str, torch.Tensor]:
     """A full adapter state: `b_state` (as from `b_only`) plus the lora_A factors of
-    `frozen_a_state` (a full state, or `a_only` of one; its other keys are ignored).
+    `frozen_a_state` (a full state; its other keys are ignored).
 
     Every B must find its A and every A its B, with matching ranks.
     """
@@ -69,3 +56,24 @@ def ffa_aggregate(b_states: Sequence[State], weights: Sequence[float]) -> dict[s
         if sent_a:
             raise ValueError(f"site {k} sent lora_A factors ({sent_a[0]!r}); FFA-LoRA sends only B")
     return weighted_average(b_states, weights)
+
+
+class FFASettings(MethodSettings):
+    method: Literal["ffa"] = "ffa"
+
+
+@register
+class FFA(Averaging):
+    name = "ffa"
+    settings_model = FFASettings
+    summary = "average of B; A frozen at the shared seeded init (exact), only B travels"
+    site_freeze = staticmethod(frozen_parameter)
+
+    def downlink(self, full: State) -> dict[str, torch.Tensor]:
+        return b_only(full)
+
+    def full(self, sent: State) -> dict[str, torch.Tensor]:
+        return with_frozen_a(sent, self.initial)
+
+    def average(self, current: State, states: list[State], weights: list[float]) -> dict:
+        return ffa_aggregate(states, weights)

@@ -13,10 +13,12 @@ numerical rank gets its spare directions as zero B columns with fresh, trainable
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from fedmedlora.federation.aggregation import State
+from fedmedlora.federation.methods.base import Combined, Method, MethodSettings, Round, register
 from fedmedlora.federation.methods.exact import exact_aggregate, stable_seed, truncate
 from fedmedlora.federation.methods.lora_pairs import (
     LORA_B_BIAS_SUFFIX,
@@ -24,6 +26,9 @@ from fedmedlora.federation.methods.lora_pairs import (
     lora_scaling,
     split_lora,
 )
+
+if TYPE_CHECKING:
+    from fedmedlora.training.recipe import SiteRecipe
 
 
 def site_rank(state: State) -> int:
@@ -112,3 +117,42 @@ def redistribute(
         )
         out[a_key], out[b_key] = factors.a, factors.b
     return {k: out[k] for k in global_state}
+
+
+def fit_rank(site: SiteRecipe, state: dict) -> dict:
+    """`state` in this site's shapes: a site of its own, lower rank gets the global
+    adapter's SVD-optimal truncation to that rank (`redistribute`)."""
+    initial = site.lm.initial
+    if all(k in initial and state[k].shape == initial[k].shape for k in state):
+        return state
+    alpha, rank = site.recipe.lora.alpha, site.recipe.lora.rank
+    return redistribute(
+        state,
+        rank,
+        lora_scaling(alpha, rank),
+        global_scaling=lora_scaling(alpha, site_rank(state)),
+    )
+
+
+class ExactSettings(MethodSettings):
+    method: Literal["exact"] = "exact"
+
+
+@register
+class Exact(Method):
+    name = "exact"
+    settings_model = ExactSettings
+    summary = "best rank-r factors of sum_k p_k s_k B_k A_k (QR + SVD); sites may train lower ranks"
+    lower_rank = True
+
+    def combine(self, rnd: Round) -> Combined:
+        return Combined(
+            hetero_aggregate(
+                rnd.states,
+                rnd.weights,
+                alpha=self.lora.alpha,
+                global_rank=self.lora.rank,
+                global_scaling=lora_scaling(self.lora.alpha, self.lora.rank),
+                seed=rnd.number,
+            )
+        )

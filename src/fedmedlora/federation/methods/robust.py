@@ -7,13 +7,13 @@ when every site is honest. All combine the updates and return x + combine(Δ):
 
 - `median`: coordinate-wise median (Yin et al., ICML 2018). Tolerates any minority of
   attackers per coordinate; noisier than the mean when all sites are honest.
-- `trimmed_mean`: coordinate-wise, drop the ⌊βn⌋ largest and ⌊βn⌋ smallest values, average
+- `trimmed-mean`: coordinate-wise, drop the ⌊βn⌋ largest and ⌊βn⌋ smallest values, average
   the rest (Yin et al. 2018). Tolerates up to ⌊βn⌋ attackers; β = 0 is the plain mean.
-- `multi_krum`: score each update by the sum of squared distances to its n − f − 2
+- `multi-krum`: score each update by the sum of squared distances to its n − f − 2
   nearest other updates, average the m best-scoring (Blanchard et al., NeurIPS 2017;
   m = 1 is Krum). Needs n > 2f + 2 for f attackers. Whole updates are kept or dropped,
   so the selected ones keep their LoRA factor pairs intact.
-- `norm_clip`: scale each Δ_k down to L2 norm ≤ τ, then the weighted mean (as in
+- `norm-clip`: scale each Δ_k down to L2 norm ≤ τ, then the weighted mean (as in
   DP-FedAvg / Sun et al. 2019, "Can you really backdoor FL?"). τ given, or the median of
   the update norms. It does not reject anything: it bounds each site's pull to
   (w_k / Σw)·τ, so it stops scaled updates but only dampens sign flips.
@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from fedmedlora.federation.aggregation import State, cap_weights
+from fedmedlora.federation.methods.base import Combined, Method, MethodSettings, Round, register
 
-RobustMethod = Literal["median", "trimmed_mean", "multi_krum", "norm_clip"]
+RobustMethod = Literal["median", "trimmed-mean", "multi-krum", "norm-clip"]
 Deltas = list[dict[str, torch.Tensor]]
 
 
@@ -58,15 +61,22 @@ def robust_aggregate(
     """The new global x + combine(Δ_1..Δ_n) and an info dict, by `method`:
 
     - "median": no parameters.
-    - "trimmed_mean": `beta` (0 ≤ β < 0.5), the fraction trimmed from each end.
-    - "multi_krum": `f` (attackers tolerated, n > 2f + 2), `m` (how many to average,
+    - "trimmed-mean": `beta` (0 ≤ β < 0.5), the fraction trimmed from each end.
+    - "multi-krum": `f` (attackers tolerated, n > 2f + 2), `m` (how many to average,
       1 ≤ m ≤ n − f, default n − f).
-    - "norm_clip": `max_norm` (τ > 0; default None: the median update norm).
+    - "norm-clip": `max_norm` (τ > 0; default None: the median update norm).
 
     `info` always has "method" and "norms" (‖Δ_k‖ per site), plus the method's own:
     "trimmed_per_side"; "selected" (indices, best first) and "scores"; "max_norm" and
     "clip_factors" (min(1, τ/‖Δ_k‖)). Unknown methods or parameters raise ValueError.
     """
+    if method in _OLD_NAMES:
+        warnings.warn(
+            f"robust method {method!r} is now spelt {_OLD_NAMES[method]!r}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = _OLD_NAMES[method]
     if method not in _COMBINERS:
         raise ValueError(f"unknown robust method {method!r}; expected one of {list(_COMBINERS)}")
     combine = _COMBINERS[method]
@@ -223,7 +233,127 @@ def _check_weights(n: int, weights: Sequence[float]) -> None:
 
 _COMBINERS: dict[str, Callable[..., tuple[dict[str, torch.Tensor], dict[str, Any]]]] = {
     "median": coordinate_median,
-    "trimmed_mean": trimmed_mean,
-    "multi_krum": multi_krum,
-    "norm_clip": norm_clipped_mean,
+    "trimmed-mean": trimmed_mean,
+    "multi-krum": multi_krum,
+    "norm-clip": norm_clipped_mean,
 }
+_OLD_NAMES = {"trimmed_mean": "trimmed-mean", "multi_krum": "multi-krum", "norm_clip": "norm-clip"}
+
+
+class MedianSettings(MethodSettings):
+    method: Literal["median"] = "median"
+
+
+class TrimmedMeanSettings(MethodSettings):
+    method: Literal["trimmed-mean"] = "trimmed-mean"
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="per end")
+
+
+class MultiKrumSettings(MethodSettings):
+    method: Literal["multi-krum"] = "multi-krum"
+    krum_f: int = Field(1, ge=0, description="hostile sites tolerated")
+    krum_m: int | None = Field(None, ge=1, description="updates averaged")
+
+    def site_problems(self, n_sites: int) -> list[tuple[str, str]]:
+        problems = []
+        if n_sites <= 2 * self.krum_f + 2:
+            problems.append((
+                "krum_f",
+                f"multi-krum with krum_f={self.krum_f} needs more than "
+                f"{2 * self.krum_f + 2} sites, {n_sites} configured",
+            ))  # fmt: skip
+        if self.krum_m is not None and self.krum_m > n_sites:
+            problems.append(
+                (
+                    "krum_m",
+                    f"averages {self.krum_m} updates but only {n_sites} sites are configured",
+                )
+            )
+        return problems
+
+
+class NormClipSettings(MethodSettings):
+    method: Literal["norm-clip"] = "norm-clip"
+    max_norm: float | None = Field(
+        None, gt=0, description="L2 bound per update (default: median norm)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_key(cls, raw: Any) -> Any:
+        """`clip_norm` was this bound's name, and also DP's: accepted, with a warning."""
+        if isinstance(raw, dict) and "clip_norm" in raw:
+            warnings.warn(
+                "federation.aggregation.clip_norm is now max_norm (clip_norm stays "
+                "federation.privacy's DP bound)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            raw = dict(raw)
+            old = raw.pop("clip_norm")
+            if "max_norm" in raw:
+                raise ValueError("give max_norm only (clip_norm is its old name)")
+            raw["max_norm"] = old
+        return raw
+
+
+class Robust(Method):
+    """Combine the updates against hostile sites by `robust_aggregate`."""
+
+    def params(self, rnd: Round) -> dict[str, Any]:
+        return {}
+
+    def combine(self, rnd: Round) -> Combined:
+        out, info = robust_aggregate(
+            rnd.current, rnd.states, rnd.weights, self.name, **self.params(rnd)
+        )
+        n = len(rnd.states)
+        if "selected" in info:  # multi-krum: only the selected sites count
+            chosen = dict(zip(info["selected"], info["selected_weights"], strict=True))
+            return Combined(out, [chosen.get(i, 0.0) for i in range(n)])
+        if self.equal_weights:  # every site counts alike
+            return Combined(out, [1 / n] * n)
+        return Combined(out)
+
+    equal_weights: bool = False
+
+
+@register
+class Median(Robust):
+    name = "median"
+    settings_model = MedianSettings
+    summary = "coordinate-wise median of the updates (unweighted)"
+    equal_weights = True
+
+
+@register
+class TrimmedMean(Robust):
+    name = "trimmed-mean"
+    settings_model = TrimmedMeanSettings
+    summary = "coordinate-wise mean without the trim_fraction largest and smallest"
+    equal_weights = True
+
+    def params(self, rnd: Round) -> dict[str, Any]:
+        return {"beta": self.settings.trim_fraction}
+
+
+@register
+class MultiKrum(Robust):
+    name = "multi-krum"
+    settings_model = MultiKrumSettings
+    summary = "weighted mean of the krum_m updates closest to the others"
+
+    def params(self, rnd: Round) -> dict[str, Any]:
+        s = self.settings
+        averaged = s.krum_m or len(rnd.states) - s.krum_f  # the cap holds among them too
+        return {"f": s.krum_f, "m": s.krum_m, "max_weight": rnd.cap(averaged)}
+
+
+@register
+class NormClip(Robust):
+    name = "norm-clip"
+    settings_model = NormClipSettings
+    summary = "weighted mean of the updates clipped to max_norm"
+
+    def params(self, rnd: Round) -> dict[str, Any]:
+        return {"max_norm": self.settings.max_norm}

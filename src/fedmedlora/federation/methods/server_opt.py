@@ -17,12 +17,13 @@ checkpoints with torch.save or safetensors beside the adapter.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.federation.aggregation import State
+from fedmedlora.federation.methods.base import Averaging, MethodSettings, register
 
 OptState = dict[str, torch.Tensor]
 
@@ -122,3 +123,79 @@ def _check_opt_state(global_state: State, opt_state: OptState, adaptive: bool) -
     for name, value in opt_state.items():
         if name != "step" and value.shape != global_state[name[2:]].shape:
             raise ValueError(f"optimiser state {name!r} has shape {tuple(value.shape)}")
+
+
+class _ServerOptMethodSettings(MethodSettings):
+    server_lr: float | None = Field(None, gt=0, description="default: 1.0 FedAvgM, 0.01 Adam/Yogi")
+
+
+class FedAvgMSettings(_ServerOptMethodSettings):
+    method: Literal["fedavgm"] = "fedavgm"
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class _AdaptiveSettings(_ServerOptMethodSettings):
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class FedAdamSettings(_AdaptiveSettings):
+    method: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiSettings(_AdaptiveSettings):
+    method: Literal["fedyogi"] = "fedyogi"
+
+
+class _ServerOptimizer(Averaging):
+    """The average (or DP's), then a server optimizer's step along it."""
+
+    default_lr: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s = self.settings
+        self.optimizer = ServerOptSettings(
+            method=self.name,
+            lr=s.server_lr or self.default_lr,
+            momentum=getattr(s, "server_momentum", 0.9),
+            beta1=getattr(s, "beta1", 0.9),
+            beta2=getattr(s, "beta2", 0.99),
+            tau=getattr(s, "tau", 1e-3),
+        )
+        self.opt_state: OptState = {}
+
+    def after_average(self, current: State, averaged: dict) -> dict[str, torch.Tensor]:
+        out, self.opt_state = step(current, averaged, self.opt_state, self.optimizer)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"opt_state": self.opt_state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.opt_state = state["opt_state"]
+
+
+@register
+class FedAvgM(_ServerOptimizer):
+    name = "fedavgm"
+    settings_model = FedAvgMSettings
+    summary = "server momentum step along the averaged delta"
+    default_lr = 1.0
+
+
+@register
+class FedAdam(_ServerOptimizer):
+    name = "fedadam"
+    settings_model = FedAdamSettings
+    summary = "server Adam step along the averaged delta"
+    default_lr = 0.01
+
+
+@register
+class FedYogi(_ServerOptimizer):
+    name = "fedyogi"
+    settings_model = FedYogiSettings
+    summary = "server Yogi step along the averaged delta"
+    default_lr = 0.01

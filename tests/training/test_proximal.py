@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from fedmedlora.federation.methods.fedprox import proximal_term
+from fedmedlora.training.proximal import proximal_term
 
-from .helpers import gen, randn
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(torch.float32)
 
 
 def test_value_by_hand():
