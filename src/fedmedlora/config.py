@@ -28,7 +28,9 @@ from fedmedlora.evaluation.tracking import TrackingSettings
 from fedmedlora.federation.methods.base import DEFAULT_METHOD, MethodSettings
 from fedmedlora.federation.methods.base import method as aggregation_method
 from fedmedlora.federation.methods.base import methods as aggregation_methods
+from fedmedlora.federation.methods.dp import PrivacySettings
 from fedmedlora.federation.methods.fedmedlora import FedMedLoRASettings
+from fedmedlora.federation.methods.screening import ScreeningSettings
 from fedmedlora.training.settings import Recipe
 from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line, yaml_reason
 
@@ -52,39 +54,19 @@ def _aggregation_settings() -> Any:
 
 
 AggregationSettings = _aggregation_settings()
-__all__ = ["AggregationSettings", "RunConfig", "SiteSource", "aggregation_settings"]
+__all__ = [
+    "AggregationSettings",
+    "PrivacySettings",
+    "RunConfig",
+    "ScreeningSettings",
+    "SiteSource",
+    "aggregation_settings",
+]
 
 
 def aggregation_settings(**raw: Any) -> MethodSettings:
     """`federation.aggregation` from its keys, e.g. aggregation_settings(method="ffa")."""
     return TypeAdapter(AggregationSettings).validate_python(raw)
-
-
-class ScreeningSettings(_Strict):
-    """Faulty replies (NaN/Inf, wrong keys or shapes, an update norm far above the
-    others') are left out of a round; the round goes on if enough remain."""
-
-    norm_factor: float = Field(
-        10.0, gt=1, description="reject an update whose norm exceeds this x the others' median"
-    )
-    min_updates: int = Field(
-        1, ge=1, description="accepted updates a round needs to aggregate (else skipped)"
-    )
-
-
-class PrivacySettings(_Strict):
-    """Client-level differential privacy of the global adapter (docs/privacy.md)."""
-
-    noise_multiplier: float = Field(0.0, ge=0, description="z; 0 turns DP off")
-    clip_norm: float = Field(1.0, gt=0, description="C: L2 bound of each site's update")
-    target_delta: float = Field(1e-5, gt=0, lt=1, description="the δ that ε is reported at")
-    max_epsilon: float | None = Field(
-        None, gt=0, description="skip rounds whose release would spend more ε than this"
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return self.noise_multiplier > 0
 
 
 class FederationSettings(_Strict):

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from fedmedlora.config import PrivacySettings, ScreeningSettings
 from fedmedlora.federation.aggregation import State, cap_weights
 from fedmedlora.federation.methods.base import (
     Averaging,
@@ -29,8 +28,8 @@ from fedmedlora.federation.methods.base import (
     SiteUpdate,
     build,
 )
-from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, dp_average
-from fedmedlora.federation.methods.screening import require_sites, screen_updates
+from fedmedlora.federation.methods.dp import PrivacyBudgetExhausted, PrivacySettings, dp_average
+from fedmedlora.federation.methods.screening import ScreeningSettings, require_sites, screen_updates
 from fedmedlora.model.lora import LoraSettings
 
 __all__ = ["DEFAULT_MAX_SITE_WEIGHT", "Aggregator", "SiteUpdate"]

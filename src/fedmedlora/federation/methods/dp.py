@@ -18,9 +18,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.federation.aggregation import State
 from fedmedlora.federation.methods.robust import norm_clipped_mean, update_norms, updates
+
+
+class PrivacySettings(BaseModel):
+    """Client-level differential privacy of the global adapter (docs/privacy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    noise_multiplier: float = Field(0.0, ge=0, description="z; 0 turns DP off")
+    clip_norm: float = Field(1.0, gt=0, description="C: L2 bound of each site's update")
+    target_delta: float = Field(1e-5, gt=0, lt=1, description="the δ that ε is reported at")
+    max_epsilon: float | None = Field(
+        None, gt=0, description="skip rounds whose release would spend more ε than this"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
 
 
 class PrivacyBudgetExhausted(RuntimeError):

@@ -29,12 +29,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedmedlora.federation.aggregation import State
 from fedmedlora.federation.methods.lora_pairs import fits_shape
 
 DEFAULT_NORM_FACTOR = 10.0
 MIN_SITES_FOR_NORM_RULE = 3
+
+
+class ScreeningSettings(BaseModel):
+    """Faulty replies (NaN/Inf, wrong keys or shapes, an update norm far above the
+    others') are left out of a round; the round goes on if enough remain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    norm_factor: float = Field(
+        DEFAULT_NORM_FACTOR,
+        gt=1,
+        description="reject an update whose norm exceeds this x the others' median",
+    )
+    min_updates: int = Field(
+        1, ge=1, description="accepted updates a round needs to aggregate (else skipped)"
+    )
 
 
 class NotEnoughSites(ValueError):
