@@ -14,7 +14,7 @@ compute); `fedsa` is scored on each site's personalized adapter (shared A, its o
 Defaults are sized for a 2-core CPU (SmolLM2-135M, 3 rounds x 10 steps, evaluation after
 the last round only): about 4 minutes per run on the synthetic sites, 9-15 minutes with
 --real (3 x 1.5-2.5 minutes of training, 4-5.5 minutes to evaluate 32 windows per site;
-the server variant 16-21), 4 hours for all 22 runs.
+the server variant 16-21), 4.5 hours for all 24 runs.
 `--methods` and `--settings` pick a subset (`--resume` adds them to the runs OUT already
 holds); on a GPU raise --rounds/--local-steps. Writes OUT/results.json (after every run)
 and OUT/report.md.
@@ -48,6 +48,7 @@ METHODS = (
     "fedavgm",
     "fedadam",
     "fedyogi",
+    "fedex",
 )
 SYNTHETIC = ("riverside", "northgate", "lakeside")
 # exact-ranks: exact aggregation with each site training the rank its compute allows
