@@ -34,6 +34,7 @@ from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.synthetic import generate_site
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
 from fedmedlora.federation.simulation import simulate
+from measuring import real_site_sources  # beside this script
 from resuming import check_same_arguments, saved_arguments  # beside this script
 
 METHODS = (
@@ -67,9 +68,15 @@ def _data(args: argparse.Namespace, corrupt: float, ranks: bool) -> dict[str, An
                 "lora_ranks": dict(zip(SYNTHETIC, SITE_RANKS, strict=True)) if ranks else {},
             }
         }
-    import clinical_ie  # beside this script: the real-corpus site definitions
-
-    sources = clinical_ie.site_sources(args.real.resolve(), args)
+    sources = [
+        s.model_dump(mode="json", exclude_unset=True)
+        for s in real_site_sources(
+            args.real.resolve(),
+            test_fraction=0.2,
+            test_windows=args.eval_windows,
+            window_chars=args.window_chars,
+        )
+    ]
     for s, rank in zip(sources, SITE_RANKS, strict=True):
         if s["name"] == args.corrupt_site:
             s["corrupt_labels"] = corrupt

@@ -65,10 +65,13 @@ def test_compare_writes_one_table_and_one_plot(tmp_path):
     assert f"{strict[1]:.3f} / {lenient:.3f} |" in md
     assert "| bytes in all | 11.9 KiB | 11.9 KiB |" in md  # 2 rounds x 6100 bytes
     # only the settings that differ are listed (Fed-MedLoRA+ holds out validation data),
-    # not the run's name
+    # not the run's name; each method owns its settings, so Fed-MedLoRA+'s own knobs show
+    # with "–" for the run whose method has none
     assert "| `federation.aggregation.method` | fedmedlora | fedmedlora+ |" in md
     assert "| `train.validation_fraction` | 0.0 | 0.1 |" in md
-    assert "`name`" not in md and md.count("| `") == 2
+    assert "| `federation.aggregation.temperature` | – | 0.5 |" in md
+    assert "| `federation.aggregation.size_mix` | – | 0.0 |" in md
+    assert "`name`" not in md and md.count("| `") == 6
     assert "fedmedlora+" in result.output  # the table is shown too
 
 

@@ -222,7 +222,11 @@ def tok_ids(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def test_a_perfect_model_is_reproduced_exactly_with_fewer_forward_passes():
+def test_a_perfect_model_is_reproduced_exactly_with_fewer_forward_passes(monkeypatch):
+    # The block width follows the timed cost of this run's passes, which a busy machine
+    # makes noisy; fix the cost model (a pass's fixed cost = 32 columns, the prior) so
+    # the number of passes is deterministic. The tokens never depend on it.
+    monkeypatch.setattr(_BlockWidth, "_overhead", lambda self: _BlockWidth.PRIOR_OVERHEAD)
     tok = load_tokenizer("tiny-random")
     docs = notes(4)
     model = PerfectLM(tok, docs)
