@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedmedlora.apps.simulation import simulate
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import RunConfig, parse_config
 from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.synthetic import generate_site
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
-from fedmedlora.federation.simulation import simulate
 from measuring import real_site_sources  # beside this script
 from resuming import check_same_arguments, saved_arguments  # beside this script
 

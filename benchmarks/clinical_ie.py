@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clinical_ie_report import write_report  # beside this script
+from fedmedlora.apps.simulation import simulate
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import RunConfig, parse_config
 from fedmedlora.data.document import Document
@@ -44,17 +45,16 @@ from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData, load_site, sample_windows
 from fedmedlora.evaluation.bootstrap import micro_counts
 from fedmedlora.evaluation.metrics import Scores, score_document
-from fedmedlora.evaluation.protocols import (
+from fedmedlora.evaluation.results import write_json_atomic
+from fedmedlora.model.lora import load_adapter_state
+from fedmedlora.recipe.protocols import (
     EvalSet,
     load_peft_adapter,
     sample_documents,
     train_local,
 )
-from fedmedlora.evaluation.results import write_json_atomic
-from fedmedlora.federation.simulation import simulate
-from fedmedlora.model.lora import load_adapter_state
-from fedmedlora.training.recipe import initial_adapter, loaded_model, predict
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model, predict
 from resuming import check_same_arguments, saved_arguments  # beside this script
 
 SITES = ("maccrobat", "chia", "bc5cdr")

@@ -45,8 +45,8 @@ from fedmedlora.evaluation.inference import ExtractionStats, GenerationSettings,
 from fedmedlora.evaluation.metrics import Scores, score_corpus
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.model.lora import load_adapter_state, save_adapter
+from fedmedlora.recipe.site_recipe import SiteRecipe, initial_adapter
 from fedmedlora.task.prompt import PromptStyle
-from fedmedlora.training.recipe import SiteRecipe, initial_adapter
 from measuring import real_site_sources  # beside this script
 
 VARIANTS = ("greedy-batched", "greedy-single", "constrained", "constrained+spec")
@@ -133,7 +133,7 @@ def prepare(args: argparse.Namespace):
     lm = site.lm
     trained: dict[str, Any] = {}
     if args.adapter:
-        from fedmedlora.evaluation.protocols import load_peft_adapter
+        from fedmedlora.recipe.protocols import load_peft_adapter
 
         load_adapter_state(lm.model, load_peft_adapter(args.adapter))
         trained = {"adapter": str(args.adapter)}

@@ -52,9 +52,9 @@ def one_run(model: str, base: str, out: Path, device: str = "cuda", quick: bool 
     import torch
     from typer.testing import CliRunner
 
+    from fedmedlora.apps.simulation import simulate
     from fedmedlora.cli.main import app
     from fedmedlora.config import load_config
-    from fedmedlora.federation.simulation import simulate
 
     dtype, quantization = ("bf16", "none") if base == "bf16" else ("bf16", "nf4")
     overrides = {

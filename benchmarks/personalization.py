@@ -26,10 +26,10 @@ from typing import Any
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import RunConfig
 from fedmedlora.evaluation.metrics import Scores
-from fedmedlora.evaluation.protocols import load_peft_adapter, personalize
 from fedmedlora.evaluation.results import HEADLINE, write_json_atomic
 from fedmedlora.federation.methods.hetero_rank import fit_rank
-from fedmedlora.training.site_setup import site_recipe
+from fedmedlora.recipe.protocols import load_peft_adapter, personalize
+from fedmedlora.recipe.site_setup import site_recipe
 from resuming import saved_arguments  # beside this script
 
 VARIANTS = ("lp-ft", "ft")

@@ -2,7 +2,7 @@
 
 A Flower simulation runs each site's ClientApp in a Ray actor; an actor serves any number
 of sites one message at a time, and every site it serves shares one frozen base model
-(`training/recipe.py`'s per-process cache): only the adapter weights are swapped in. So
+(`recipe/site_recipe.py`'s per-process cache): only the adapter weights are swapped in. So
 memory should grow by a site's data and adapter, not by a model per site.
 Goal: 10 sites <= 1.5x the peak of 2 sites.
 
@@ -36,9 +36,9 @@ def measure(model: str, n_sites: int, rounds: int, steps: int, docs: int) -> dic
 
     from fedmedlora.data.formats.jsonl import write_jsonl
     from fedmedlora.data.synthetic import SYNTHETIC_SITES, generate_site
-    from fedmedlora.training import recipe as recipes
-    from fedmedlora.training.settings import Recipe
-    from fedmedlora.training.site_setup import site_recipe
+    from fedmedlora.recipe import site_recipe as recipes
+    from fedmedlora.recipe.settings import Recipe
+    from fedmedlora.recipe.site_setup import site_recipe
 
     torch.set_num_threads(1)
     baseline = proc_status("VmRSS")

@@ -22,11 +22,11 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.synthetic import generate_site, site_spec
 from fedmedlora.model.loading import autocast, resolve_precision
 from fedmedlora.model.lora import LoraSettings, adapter_state, load_adapter_state
+from fedmedlora.recipe.settings import ModelSettings, Recipe
+from fedmedlora.recipe.site_recipe import loaded_model
 from fedmedlora.training.batching import batch_order, collate
 from fedmedlora.training.examples import build_examples
 from fedmedlora.training.loop import TrainSettings, train_steps
-from fedmedlora.training.recipe import loaded_model
-from fedmedlora.training.settings import ModelSettings, Recipe
 
 
 def plain_loop(model, batches, lr: float, device, precision: str) -> float:

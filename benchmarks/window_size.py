@@ -37,10 +37,10 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_source, sample_windows
 from fedmedlora.evaluation.bootstrap import bootstrap_f1, key_slice, micro_counts
 from fedmedlora.evaluation.metrics import score_corpus
-from fedmedlora.evaluation.protocols import load_peft_adapter, train_local
 from fedmedlora.evaluation.results import write_json_atomic
 from fedmedlora.model.lora import load_adapter_state
-from fedmedlora.training.recipe import loaded_model, predict
+from fedmedlora.recipe.protocols import load_peft_adapter, train_local
+from fedmedlora.recipe.site_recipe import loaded_model, predict
 from measuring import real_site_sources  # beside this script
 
 

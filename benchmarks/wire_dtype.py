@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
+from fedmedlora.apps.simulation import simulate
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import load_config
 from fedmedlora.data.sites import synthetic_site
 from fedmedlora.evaluation.metrics import score_corpus
-from fedmedlora.evaluation.protocols import load_peft_adapter
 from fedmedlora.evaluation.results import write_json_atomic
-from fedmedlora.federation.simulation import simulate
 from fedmedlora.model.lora import load_adapter_state
-from fedmedlora.training.recipe import loaded_model, predict
+from fedmedlora.recipe.protocols import load_peft_adapter
+from fedmedlora.recipe.site_recipe import loaded_model, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16")

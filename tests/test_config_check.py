@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmedlora.config_check import check_run, check_site_config, preflight
+from fedmedlora.config_check import check_run, preflight
 from fedmedlora.errors import ConfigProblems
 
 BAD = Path(__file__).parent / "cli" / "bad_configs"
@@ -43,22 +43,3 @@ def test_reading_the_data_counts_documents_and_reports_broken_files(tmp_path):
     assert not check_run(config).problems  # without reading: the file exists
     (problem,) = check_run(config, read_data=True).problems
     assert problem.line == 3 and "bad.jsonl:2: not valid JSON" in problem.reason
-
-
-def test_a_supernode_site_config_is_checked_with_lines(tmp_path):
-    good = tmp_path / "site.yaml"
-    good.write_text(f"name: north\ntrain: {BAD / 'data' / 'north.jsonl'}\n")
-    assert check_site_config(good).name == "north"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: north\ntrain: nowhere.jsonl\nformat: bratt\nentity_types: [x]\n")
-    with pytest.raises(ConfigProblems) as caught:
-        check_site_config(bad)
-    assert [p.line for p in caught.value.problems] == [2, 3, 4]
-    assert check_site_config(good, schema_name=None).name == "north"
-    bad.write_text("name: north\ntrian: a.jsonl\n")
-    with pytest.raises(ConfigProblems) as caught:
-        check_site_config(bad)
-    assert {str(p) for p in caught.value.problems} == {
-        f"{bad}: train: Field required",
-        f"{bad}:2: trian: unknown key 'trian'",
-    }

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from fedmedlora.data.settings import SiteSource
-from fedmedlora.errors import ConfigProblems, Problem
+from fedmedlora.errors import ConfigProblems, Problem, user_reason
 from fedmedlora.evaluation.tracking import TrackingSettings
 from fedmedlora.federation.methods.base import DEFAULT_METHOD, MethodSettings
 from fedmedlora.federation.methods.base import method as aggregation_method
@@ -31,7 +31,7 @@ from fedmedlora.federation.methods.base import methods as aggregation_methods
 from fedmedlora.federation.methods.dp import PrivacySettings
 from fedmedlora.federation.methods.fedmedlora import FedMedLoRASettings
 from fedmedlora.federation.methods.screening import ScreeningSettings
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
 from fedmedlora.yaml_lines import line_of, node_lines, yaml_error_line, yaml_reason
 
 
@@ -140,18 +140,6 @@ class RunConfig(Recipe):
         return recipe.model_copy(update={"threads": self.simulation.client_threads})
 
 
-def _reason(error: dict) -> str:
-    """A pydantic error as a user reads it: the offending key, what was wrong, the value."""
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {error['loc'][-1]!r}"
-    msg = error["msg"].removeprefix("Value error, ")
-    value = error.get("input")
-    if error["type"] not in ("missing", "value_error") and not isinstance(value, dict | list):
-        shown = repr(value)
-        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
-    return msg
-
-
 def parse_config(
     raw: dict,
     where: str,
@@ -176,7 +164,7 @@ def config_problem(error: dict, where: str, lines: dict, overridden: dict) -> Pr
     elif error["type"] == "unknown_method":
         loc += ("method",)
     dotted = ".".join(str(x) for x in loc) or "(top)"
-    reason = f"{dotted}: {_reason(error)}{of_method}"
+    reason = f"{dotted}: {user_reason(error)}{of_method}"
     for key in overridden:
         if dotted == key or dotted.startswith(key + "."):
             return Problem(f"--set {key}", 0, reason)

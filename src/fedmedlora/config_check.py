@@ -16,14 +16,13 @@ from fedmedlora.config import (
     FederationSettings,
     RawConfig,
     RunConfig,
-    config_problem,
     parse_config,
     read_raw,
 )
 from fedmedlora.data.settings import SiteSource, SyntheticData
-from fedmedlora.errors import ConfigError, ConfigProblems, FedMedLoRAError, Problem
-from fedmedlora.training.settings import ModelSettings
-from fedmedlora.yaml_lines import Loc, line_of, node_lines
+from fedmedlora.data.site_check import Findings, check_site, check_types, schema_named
+from fedmedlora.errors import ConfigError, ConfigProblems, Problem
+from fedmedlora.recipe.settings import ModelSettings
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
 
@@ -33,26 +32,6 @@ class CheckResult:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was found; warnings that do not fail
     config: RunConfig | None = None
-
-
-@dataclass
-class _Ctx:
-    """Where problems go, and how a key path becomes a file line."""
-
-    where: str
-    lines: dict
-    result: CheckResult
-    overrides: dict = field(default_factory=dict)
-    seed: int = 0  # the run's, for a site's seeded split when its files are read
-
-    def add(self, loc: Loc, reason: str) -> None:
-        dotted = ".".join(str(x) for x in loc)
-        text = f"{dotted}: {reason}" if loc else reason
-        for key in self.overrides:  # a value given by --set has no line in the file
-            if dotted == key or dotted.startswith(key + "."):
-                self.result.problems.append(Problem(f"--set {key}", 0, text))
-                return
-        self.result.problems.append(Problem(self.where, line_of(self.lines, loc), text))
 
 
 def check_run(
@@ -75,7 +54,14 @@ def check_run(
         result.problems.append(Problem(str(path or "built-in demo config"), 0, str(exc)))
         return result
     seed = read.raw.get("seed", 0)
-    ctx = _Ctx(read.where, read.lines, result, read.overrides, seed if isinstance(seed, int) else 0)
+    ctx = Findings(
+        read.where,
+        read.lines,
+        result.problems,
+        result.notes,
+        read.overrides,
+        seed if isinstance(seed, int) else 0,
+    )
     try:
         result.config = parse_config(read.raw, read.where, read.lines, read.overrides)
     except ConfigProblems as exc:
@@ -122,9 +108,9 @@ def _section(raw: dict, *keys: str) -> object:
     return node
 
 
-def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool, site_files: bool) -> None:
+def _check_parts(read: RawConfig, ctx: Findings, read_data: bool, site_files: bool) -> None:
     raw = read.raw
-    schema = _schema(raw.get("schema", "clinical"), ctx)
+    schema = schema_named(raw.get("schema", "clinical"), ctx)
     model = _part(ModelSettings, raw.get("model"))
     if isinstance(model, ModelSettings):
         _check_model(model, raw, ctx)
@@ -138,7 +124,7 @@ def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool, site_files: bool) 
                 source.resolve_paths(read.base)
                 check_site(source, schema, ctx, ("data", "sites", i), read_data)
             elif isinstance(source, SiteSource):
-                _check_types(source, schema, ctx, ("data", "sites", i))
+                check_types(source, schema, ctx, ("data", "sites", i))
     elif synthetic is not None or not isinstance(raw.get("data"), dict):
         syn = _part(SyntheticData, synthetic)  # no data section: the default hospitals
         if isinstance(syn, SyntheticData):
@@ -156,19 +142,7 @@ def _check_parts(read: RawConfig, ctx: _Ctx, read_data: bool, site_files: bool) 
         _check_federation(fed, n_sites, ctx)
 
 
-def _schema(name: object, ctx: _Ctx):
-    from fedmedlora.data.schema import load_schema
-
-    if not isinstance(name, str):
-        return None  # pydantic reports the type
-    try:
-        return load_schema(name)
-    except ConfigError as exc:
-        ctx.add(("schema",), str(exc))
-        return None
-
-
-def _check_model(model: ModelSettings, raw: dict, ctx: _Ctx) -> None:
+def _check_model(model: ModelSettings, raw: dict, ctx: Findings) -> None:
     from fedmedlora.model.registry import SHORT_NAMES, existing_model_dir
 
     name, loc = model.name, ("model", "name")
@@ -187,7 +161,7 @@ def _check_model(model: ModelSettings, raw: dict, ctx: _Ctx) -> None:
             f"{name!r} is no folder, short name ({', '.join(SHORT_NAMES)}) or hub id",
         )
     elif existing_model_dir(name) is None:
-        ctx.result.notes.append(
+        ctx.notes.append(
             f"note: model {name!r} is not a short name or local folder: it will be "
             "downloaded from the Hugging Face hub (every site needs network access)"
         )
@@ -195,13 +169,13 @@ def _check_model(model: ModelSettings, raw: dict, ctx: _Ctx) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            ctx.result.notes.append(
+            ctx.notes.append(
                 f"note: model.device {model.device}: no CUDA device is visible on this machine"
             )
     _check_targets(name, model.task, _section(raw, "lora", "target_modules"), ctx)
 
 
-def _check_targets(name: str, task: str, targets: object, ctx: _Ctx) -> None:
+def _check_targets(name: str, task: str, targets: object, ctx: Findings) -> None:
     """LoRA target modules against the model's architecture, from its config.json alone
     (checked only when the model is already on this machine; nothing is fetched)."""
     if targets is None or targets == "all-linear" or not isinstance(targets, str | list):
@@ -223,72 +197,7 @@ def _check_targets(name: str, task: str, targets: object, ctx: _Ctx) -> None:
         ctx.add(("lora", "target_modules"), f"{missing} name no layer of {name}")
 
 
-def check_site(source: SiteSource, schema, ctx: _Ctx, loc: Loc, read_data: bool = False) -> None:
-    """A site's files, format, mapping and types, as its site would use them."""
-    from fedmedlora.data.formats.readers import FORMATS, detect_format
-
-    before = len(ctx.result.problems)
-    fmt_ok = True
-    if source.format is not None and source.format.lower() not in FORMATS:
-        ctx.add(
-            (*loc, "format"), f"unknown format {source.format!r}; use one of {', '.join(FORMATS)}"
-        )
-        fmt_ok = False
-    paths_ok = True
-    for key, paths in (("train", source.train_paths), ("test", source.test_paths)):
-        listed = (*loc, key, 0) in ctx.lines
-        for j, path in enumerate(paths):
-            where = (*loc, key, j) if listed else (*loc, key)
-            if not Path(path).exists():
-                ctx.add(where, f"{path}: no such file or folder")
-                paths_ok = False
-            elif source.format is None:
-                try:
-                    detect_format(path)
-                except ConfigError as exc:
-                    ctx.add(where, str(exc))
-                    fmt_ok = False
-    if source.mapping is not None:
-        from fedmedlora.data.mapping import load_mapping
-
-        try:
-            load_mapping(source.mapping, schema)
-        except ConfigError as exc:
-            ctx.add((*loc, "mapping"), str(exc))
-    _check_types(source, schema, ctx, loc)
-    clean = len(ctx.result.problems) == before and paths_ok and fmt_ok
-    if read_data and clean and schema is not None:
-        _count_documents(source, schema, ctx, loc)
-
-
-def _check_types(source: SiteSource, schema, ctx: _Ctx, loc: Loc) -> None:
-    if schema is None:
-        return
-    for key in ("entity_types", "relation_types"):
-        given = getattr(source, key) or []
-        known = schema.entity_types if key == "entity_types" else schema.relation_types
-        unknown = [t for t in given if t not in known]
-        if unknown:
-            ctx.add(
-                (*loc, key), f"{unknown} not in schema {schema.name!r} (known: {', '.join(known)})"
-            )
-
-
-def _count_documents(source: SiteSource, schema, ctx: _Ctx, loc: Loc) -> None:
-    from fedmedlora.data.sites import load_source
-
-    try:
-        data = load_source(source, schema, seed=ctx.seed)
-    except FedMedLoRAError as exc:
-        ctx.add(loc, f"site {source.name}: {exc}")
-        return
-    ctx.result.notes.append(
-        f"site {source.name}: {len(data.train)} training and {len(data.test)} test "
-        f"documents, {len(data.problems)} input problem(s), {len(data.warnings)} warning(s)"
-    )
-
-
-def _check_synthetic(syn: SyntheticData, ctx: _Ctx) -> None:
+def _check_synthetic(syn: SyntheticData, ctx: Findings) -> None:
     from fedmedlora.data.synthetic import SYNTHETIC_SITES
 
     loc = ("data", "synthetic")
@@ -302,7 +211,7 @@ def _check_synthetic(syn: SyntheticData, ctx: _Ctx) -> None:
             ctx.add((*loc, key), f"names sites not in data.synthetic.sites: {stray}")
 
 
-def _check_federation(fed: FederationSettings, n_sites: int, ctx: _Ctx) -> None:
+def _check_federation(fed: FederationSettings, n_sites: int, ctx: Findings) -> None:
     if fed.min_sites is not None and fed.min_sites > n_sites:
         ctx.add(
             ("federation", "min_sites"),
@@ -330,36 +239,3 @@ def summary(result: CheckResult) -> str:
         f"({', '.join(c.data.site_names)}), {c.federation.rounds} round(s), "
         f"aggregation {c.federation.aggregation.method}"
     )
-
-
-def check_site_config(path: str | Path, schema_name: str | None = "clinical") -> SiteSource:
-    """A SuperNode's own site config, checked at start like a run config's sites (its
-    types against `schema_name`'s, unless None): the SiteSource, or ConfigProblems naming
-    every problem with its line."""
-    result = CheckResult()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read this site config: {exc}") from None
-    import yaml
-
-    from fedmedlora.yaml_lines import yaml_error_line, yaml_reason
-
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        reason = f"not valid YAML: {yaml_reason(exc)}"
-        raise ConfigProblems([Problem(str(p), yaml_error_line(exc), reason)], str(p)) from None
-    ctx = _Ctx(str(p), node_lines(text), result)
-    try:
-        source = SiteSource.model_validate(raw)
-    except ValidationError as exc:
-        problems = [config_problem(e, str(p), ctx.lines, {}) for e in exc.errors()]
-        raise ConfigProblems(problems, f"{p}: invalid site config") from None
-    source.resolve_paths(p.resolve().parent)
-    check_site(source, _schema(schema_name, ctx), ctx, ())
-    if result.problems:
-        problems = sorted(result.problems, key=lambda x: x.line)
-        raise ConfigProblems(problems, f"{p}: invalid site config")
-    return source

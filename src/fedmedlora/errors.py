@@ -54,3 +54,15 @@ class ConfigProblems(ConfigError):
         else:
             shown = "\n".join(f"  {p}" for p in problems)
             super().__init__(f"{header}, {len(problems)} problems:\n{shown}")
+
+
+def user_reason(error: dict) -> str:
+    """A pydantic error as a user reads it: the offending key, what was wrong, the value."""
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {error['loc'][-1]!r}"
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] not in ("missing", "value_error") and not isinstance(value, dict | list):
+        shown = repr(value)
+        msg += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    return msg

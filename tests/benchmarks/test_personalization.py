@@ -19,7 +19,7 @@ def _federation(tmp_path: Path) -> Path:
     import aggregation_methods
     import personalization
     from fedmedlora.model.lora import save_adapter
-    from fedmedlora.training.site_setup import site_recipe
+    from fedmedlora.recipe.site_setup import site_recipe
     from resuming import saved_arguments
 
     root = tmp_path / "agg"

@@ -99,7 +99,7 @@ def test_check_writes_nothing(tmp_path):
 
 
 def test_run_and_demo_check_before_anything_starts(tmp_path, monkeypatch):
-    import fedmedlora.federation.simulation as simulation
+    import fedmedlora.apps.simulation as simulation
 
     def never(*args, **kwargs):
         raise AssertionError("the simulation must not start for a bad config")

@@ -162,7 +162,7 @@ def test_run_end_to_end_in_a_fresh_process(tmp_path):
 def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
     from fedmedlora.config import load_config
     from fedmedlora.model.lora import save_adapter
-    from fedmedlora.training.recipe import initial_adapter, loaded_model
+    from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model
 
     write_jsonl(notes(8, "north"), tmp_path / "north.jsonl")
     (tmp_path / "run.yaml").write_text(
@@ -204,7 +204,7 @@ def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
     from fedmedlora.data.schema import load_schema
     from fedmedlora.data.sites import load_site, load_source
     from fedmedlora.data.synthetic import generate_site
-    from fedmedlora.training.site_setup import read_site_config
+    from fedmedlora.recipe.site_setup import read_site_config
 
     result = runner.invoke(
         app,

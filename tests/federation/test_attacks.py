@@ -9,10 +9,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedmedlora.evaluation.protocols import load_peft_adapter
-from fedmedlora.federation import client_app as real
+from fedmedlora.apps import client_app as real
 from fedmedlora.federation.aggregation import weighted_average
 from fedmedlora.federation.messages import SITE
+from fedmedlora.recipe.protocols import load_peft_adapter
 from tests.federation.tiny_federation import heldout_loss, run_equal_sites
 
 pytestmark = pytest.mark.slow  # Flower simulations (Ray, several processes)

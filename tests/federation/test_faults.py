@@ -12,9 +12,9 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedmedlora.evaluation.protocols import load_peft_adapter
-from fedmedlora.federation import client_app as real
+from fedmedlora.apps import client_app as real
 from fedmedlora.federation.aggregation import weighted_average
+from fedmedlora.recipe.protocols import load_peft_adapter
 from tests.federation.tiny_federation import heldout_loss, run_tiny
 
 pytestmark = pytest.mark.slow  # a Flower simulation (Ray, several processes)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from fedmedlora.data.formats.jsonl import write_jsonl
-from fedmedlora.evaluation.protocols import load_peft_adapter
 from fedmedlora.federation.aggregation import weighted_average
 from fedmedlora.federation.methods import server_opt
 from fedmedlora.federation.methods.fedmedlora_plus import plus_weights
 from fedmedlora.federation.methods.lora_pairs import split_lora
-from fedmedlora.training.recipe import initial_adapter
+from fedmedlora.recipe.protocols import load_peft_adapter
+from fedmedlora.recipe.site_recipe import initial_adapter
 from tests.federation.tiny_federation import TinyRun, run_tiny
 from tests.fixtures import notes
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from fedmedlora.apps.simulation import _HIDE_BANNER, backend_config
 from fedmedlora.config import load_config
-from fedmedlora.federation.simulation import _HIDE_BANNER, backend_config
 
 
 def test_sites_get_the_configured_gpu_fraction_and_share_a_gpu_by_default(monkeypatch):

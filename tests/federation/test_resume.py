@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from fedmedlora.apps.simulation import simulate
 from fedmedlora.config import load_config
 from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.errors import ConfigError
-from fedmedlora.evaluation.protocols import load_peft_adapter
-from fedmedlora.federation.simulation import simulate
+from fedmedlora.recipe.protocols import load_peft_adapter
 from tests.fixtures import notes
 
 pytestmark = pytest.mark.slow  # three Flower simulations

@@ -14,8 +14,8 @@ from fedmedlora.data.sites import SiteData
 from fedmedlora.federation.aggregation import head_rows_from_trainers, weighted_average
 from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.model.lora import LoraSettings
+from fedmedlora.recipe.site_recipe import SiteRecipe, initial_adapter
 from fedmedlora.task.tagging import LabelSet
-from fedmedlora.training.recipe import SiteRecipe, initial_adapter
 from tests.fixtures import notes
 
 

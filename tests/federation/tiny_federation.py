@@ -13,15 +13,15 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedmedlora.apps.client_app import app as client_app
+from fedmedlora.apps.server_app import run_federation
+from fedmedlora.apps.simulation import backend_config
 from fedmedlora.config import load_config
 from fedmedlora.data.formats.jsonl import write_jsonl
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
-from fedmedlora.federation.client_app import app as client_app
-from fedmedlora.federation.server_app import run_federation
-from fedmedlora.federation.simulation import backend_config
 from fedmedlora.model.lora import load_adapter_state
-from fedmedlora.training.recipe import build_site_examples, loaded_model, validation_loss
+from fedmedlora.recipe.site_recipe import build_site_examples, loaded_model, validation_loss
 from tests.fixtures import notes
 
 

@@ -12,10 +12,10 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.synthetic import generate_site, site_spec
 from fedmedlora.model.loading import load_causal_lm, load_tokenizer
 from fedmedlora.model.registry import resolve_model
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import loaded_model
 from fedmedlora.training.examples import build_examples
 from fedmedlora.training.loop import TrainSettings, train_steps
-from fedmedlora.training.recipe import loaded_model
-from fedmedlora.training.settings import Recipe
 
 pytestmark = pytest.mark.slow
 

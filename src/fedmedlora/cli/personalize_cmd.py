@@ -37,11 +37,11 @@ def personalize(
     track: Annotated[list[str] | None, typer.Option(help=TRACK_HELP)] = None,
 ) -> None:
     """Personalize the federated adapter for one site and score both on its test split."""
-    from fedmedlora.evaluation.protocols import load_peft_adapter
-    from fedmedlora.evaluation.protocols import personalize as lpft
     from fedmedlora.federation.methods.hetero_rank import fit_rank
     from fedmedlora.model.lora import save_adapter
-    from fedmedlora.training.site_setup import site_recipe
+    from fedmedlora.recipe.protocols import load_peft_adapter
+    from fedmedlora.recipe.protocols import personalize as lpft
+    from fedmedlora.recipe.site_setup import site_recipe
 
     quiet_libraries()
     if (site is None) == (site_config is None):

@@ -88,7 +88,7 @@ class ProgressPrinter:
 
 
 def execute(config: RunConfig, out: Path, resume: bool = False) -> dict[str, Any]:
-    from fedmedlora.federation.simulation import simulate
+    from fedmedlora.apps.simulation import simulate
 
     quiet_libraries()
     console.print(

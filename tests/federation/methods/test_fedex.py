@@ -113,7 +113,7 @@ def test_a_flower_run_sends_the_residual_and_saves_it_beside_the_adapter(tmp_pat
     exactly the weighted average of the last round's site models."""
     from safetensors.torch import load_file
 
-    from fedmedlora.evaluation.protocols import load_peft_adapter
+    from fedmedlora.recipe.protocols import load_peft_adapter
     from tests.federation.tiny_federation import run_tiny
 
     run = run_tiny(tmp_path, "{rounds: 2, aggregation: {method: fedex}}")

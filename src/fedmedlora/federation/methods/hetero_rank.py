@@ -28,7 +28,7 @@ from fedmedlora.federation.methods.lora_pairs import (
 )
 
 if TYPE_CHECKING:
-    from fedmedlora.training.recipe import SiteRecipe
+    from fedmedlora.recipe.site_recipe import SiteRecipe
 
 
 def site_rank(state: State) -> int:

@@ -3,16 +3,16 @@ import torch
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
-from fedmedlora.evaluation.protocols import (
+from fedmedlora.model.lora import save_adapter
+from fedmedlora.recipe.protocols import (
     EvalSet,
     evaluate_state,
     load_peft_adapter,
     sample_documents,
     train_local,
 )
-from fedmedlora.model.lora import save_adapter
-from fedmedlora.training.recipe import initial_adapter, loaded_model
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model
 from tests.fixtures import notes
 
 RECIPE = Recipe.model_validate(
@@ -82,8 +82,8 @@ def test_training_from_the_base_ignores_whatever_adapter_was_loaded_before():
 
 
 def test_personalization_tunes_b_first_then_every_adapter_weight():
-    from fedmedlora.evaluation.protocols import personalize
-    from fedmedlora.training.recipe import SiteRecipe
+    from fedmedlora.recipe.protocols import personalize
+    from fedmedlora.recipe.site_recipe import SiteRecipe
 
     site = SiteRecipe(RECIPE, _site("p", 0))
     start = {k: v + 0.01 for k, v in initial_adapter(RECIPE).items()}

@@ -11,9 +11,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedmedlora.apps.client_app import app as client_app
+from fedmedlora.apps.server_app import Listener, run_federation
 from fedmedlora.config import RunConfig
-from fedmedlora.federation.client_app import app as client_app
-from fedmedlora.federation.server_app import Listener, run_federation
 
 
 def backend_config(config: RunConfig) -> dict[str, Any]:

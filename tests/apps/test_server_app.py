@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from flwr.app import Context, RecordDict
 
+from fedmedlora.apps import server_app
 from fedmedlora.errors import ConfigProblems
-from fedmedlora.federation import server_app
 
 
 def test_a_config_no_federation_can_run_fails_before_waiting_for_sites(tmp_path):

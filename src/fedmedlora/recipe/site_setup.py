@@ -8,10 +8,11 @@ from pathlib import Path
 
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.settings import SiteSource
+from fedmedlora.data.site_check import check_site_config
 from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
-from fedmedlora.training.recipe import SiteRecipe
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import SiteRecipe
 
 
 def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> SiteRecipe:
@@ -37,8 +38,6 @@ def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> S
 def read_site_config(path: str | Path, schema_name: str = "clinical") -> SiteSource:
     """A SuperNode's site config, checked in full before any data or model loads (its
     files, format, mapping, types); ConfigProblems names every problem with its line."""
-    from fedmedlora.config_check import check_site_config
-
     return check_site_config(path, schema_name)
 
 

@@ -11,8 +11,8 @@ from fedmedlora.data.schema import load_schema
 from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
 from fedmedlora.model.lora import frozen_parameter
-from fedmedlora.training.recipe import SiteRecipe, initial_adapter
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import SiteRecipe, initial_adapter
 from tests.fixtures import notes
 
 
@@ -93,7 +93,7 @@ def test_proximal_term_keeps_the_site_near_the_global_adapter():
 
 
 def test_sites_served_by_one_process_share_one_base_model_and_swap_adapters(monkeypatch):
-    from fedmedlora.training import recipe as recipes
+    from fedmedlora.recipe import site_recipe as recipes
 
     loads = []
     real = recipes.load_causal_lm

@@ -28,7 +28,7 @@ from fedmedlora.federation.messages import from_record, to_record
 from fedmedlora.federation.replies import CountNames
 from fedmedlora.federation.strategy import FedMedLoRA
 from fedmedlora.model.lora import adapter_bytes
-from fedmedlora.training.recipe import (
+from fedmedlora.recipe.site_recipe import (
     LoadedModel,
     build_site_examples,
     initial_adapter,

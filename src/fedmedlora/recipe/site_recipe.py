@@ -28,12 +28,12 @@ from fedmedlora.model.loading import (
     resolve_precision,
 )
 from fedmedlora.model.lora import adapter_state, add_lora, load_adapter_state
+from fedmedlora.recipe.settings import Recipe
 from fedmedlora.task.prompt import PromptStyle
 from fedmedlora.task.tagging import LabelSet
 from fedmedlora.training.examples import ExampleSet, build_examples
 from fedmedlora.training.loop import TrainStats, mean_loss, train_steps
 from fedmedlora.training.proximal import proximal_term
-from fedmedlora.training.settings import Recipe
 from fedmedlora.training.tagging import build_tag_examples, collate_tags, tagging_loss
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmedlora.config import Recipe
-from fedmedlora.config_check import check_site_config
+from fedmedlora.data.site_check import check_site_config
 from fedmedlora.errors import ConfigError, FedMedLoRAError
 from fedmedlora.federation.messages import (
     ARRAYS,
@@ -33,8 +32,9 @@ from fedmedlora.federation.methods.base import DEFAULT_METHOD, method
 from fedmedlora.federation.methods.hetero_rank import fit_rank
 from fedmedlora.federation.privacy import check_reply
 from fedmedlora.model.lora import offset_base_weights, save_adapter
-from fedmedlora.training.recipe import SiteRecipe
-from fedmedlora.training.site_setup import site_recipe
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import SiteRecipe
+from fedmedlora.recipe.site_setup import site_recipe
 
 app = ClientApp()
 # Node-state records of what never leaves the site (a method's `kept_local` tensors, e.g.

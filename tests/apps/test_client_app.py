@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from flwr.app import Context, RecordDict
 
+from fedmedlora.apps import client_app
 from fedmedlora.errors import ConfigProblems
-from fedmedlora.federation import client_app
-from fedmedlora.training.settings import Recipe
+from fedmedlora.recipe.settings import Recipe
 
 
 def _context(node_config: dict) -> Context:

@@ -26,8 +26,8 @@ from fedmedlora.data.site import SiteSpec
 from fedmedlora.data.sites import SiteData
 from fedmedlora.evaluation.metrics import Scores
 from fedmedlora.model.lora import adapter_state, load_adapter_state
-from fedmedlora.training.loop import TrainStats
-from fedmedlora.training.recipe import (
+from fedmedlora.recipe.settings import Recipe
+from fedmedlora.recipe.site_recipe import (
     SiteRecipe,
     build_site_examples,
     evaluate_on,
@@ -35,7 +35,7 @@ from fedmedlora.training.recipe import (
     loaded_model,
     train_on,
 )
-from fedmedlora.training.settings import Recipe
+from fedmedlora.training.loop import TrainStats
 
 State = dict[str, torch.Tensor]
 
