@@ -6,8 +6,8 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedmedlora-installed
 OUT ?= runs/demo
-# `make test EXTRAS=dev,quant` also installs bitsandbytes (the nf4 test runs instead of skipping).
-EXTRAS ?= dev
+# bitsandbytes (quant) has a CPU backend: the nf4 tests run here too. `EXTRAS=dev` leaves it out.
+EXTRAS ?= dev,quant
 
 .PHONY: demo test lint bench clean venv
 

@@ -1,0 +1,22 @@
+"""bitsandbytes' one warning per command on offline CPUs (no hub kernel) is dropped, and
+nothing else it logs."""
+
+from __future__ import annotations
+
+import logging
+
+import fedmedlora.model  # noqa: F401  (installs the filter)
+
+
+def test_only_the_hub_kernel_warning_is_dropped():
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    log.addHandler(handler)
+    try:
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "offline")
+        log.warning("some other bitsandbytes warning")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["some other bitsandbytes warning"]
