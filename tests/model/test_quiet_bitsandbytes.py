@@ -4,6 +4,8 @@ nothing else it logs."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import fedmedlora.model  # noqa: F401  (installs the filter)
 
@@ -20,3 +22,21 @@ def test_only_the_hub_kernel_warning_is_dropped():
     finally:
         log.removeHandler(handler)
     assert seen == ["some other bitsandbytes warning"]
+
+
+def test_only_torchs_script_method_deprecation_is_dropped():
+    # A fresh process that shows every DeprecationWarning (as Ray's site actors did).
+    code = (
+        "import warnings, fedmedlora.model\n"
+        "warnings.warn('`torch.jit.script_method` is deprecated. Please switch', "
+        "DeprecationWarning)\n"
+        "warnings.warn('another deprecation', DeprecationWarning)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-W", "always::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "another deprecation" in run.stderr
+    assert "script_method" not in run.stderr
