@@ -121,16 +121,22 @@ def _bitsandbytes_cpu_reason() -> str | None:
     return None
 
 
-def test_nf4_base_trains_its_adapter_on_cpu_where_bitsandbytes_supports_it():
+@pytest.mark.parametrize(
+    "quantization, loaded, layer",
+    [("nf4", "is_loaded_in_4bit", "Linear4bit"), ("int8", "is_loaded_in_8bit", "Linear8bitLt")],
+)
+def test_kbit_base_trains_its_adapter_on_cpu_where_bitsandbytes_supports_it(
+    quantization, loaded, layer
+):
     reason = _bitsandbytes_cpu_reason()
     if reason is not None:
-        print(f"SKIPPED nf4 CPU test: {reason}")
+        print(f"SKIPPED {quantization} CPU test: {reason}")
         pytest.skip(reason)
     tok, examples = _examples("tiny-random")
-    base = load_causal_lm("tiny-random", dtype="bf16", quantization="nf4")
-    assert base.is_loaded_in_4bit
+    base = load_causal_lm("tiny-random", dtype="bf16", quantization=quantization)
+    assert getattr(base, loaded)
     kinds = {type(m).__name__ for m in base.modules()}
-    assert "Linear4bit" in kinds
+    assert layer in kinds
     model = add_lora(base, LoraSettings(rank=4), seed=0)
     before = adapter_state(model)
     stats = _one_step(model, tok, examples, precision="bf16-autocast")
