@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    import fedmedlora.model  # noqa: F401  (before bitsandbytes: its import noise stays quiet)
     from fedmedlora.cli.common import quiet_libraries
 
     quiet_libraries()
