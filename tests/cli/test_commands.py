@@ -202,9 +202,9 @@ def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
 def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
     from fedmedlora.config import load_config
     from fedmedlora.data.schema import load_schema
+    from fedmedlora.data.site_check import check_site_config
     from fedmedlora.data.sites import load_site, load_source
     from fedmedlora.data.synthetic import generate_site
-    from fedmedlora.recipe.site_setup import read_site_config
 
     result = runner.invoke(
         app,
@@ -228,7 +228,7 @@ def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
     assert result.exit_code == 0, result.output
     schema = load_schema()
     # What a SuperNode reads: its site config, paths relative to that file.
-    source = read_site_config(tmp_path / "lakeside" / "site.yaml")
+    source = check_site_config(tmp_path / "lakeside" / "site.yaml")
     at_site = load_source(source, schema, seed=0)
     expected = generate_site("lakeside", 7, 0)
     assert [d.id for d in at_site.train] == [d.id for d in expected[:5]]

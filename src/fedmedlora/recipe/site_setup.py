@@ -4,10 +4,7 @@ folder). Shared by the Flower client and the site-side CLI commands."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fedmedlora.data.schema import load_schema
-from fedmedlora.data.settings import SiteSource
 from fedmedlora.data.site_check import check_site_config
 from fedmedlora.data.sites import load_site, load_source
 from fedmedlora.errors import ConfigError
@@ -20,7 +17,7 @@ def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> S
     recipe's data (simulation, or a site of the run config)."""
     schema = load_schema(recipe.schema_name)
     if site_config:
-        source = read_site_config(site_config, recipe.schema_name)
+        source = check_site_config(site_config, recipe.schema_name)
         return SiteRecipe(
             own_rank(recipe, source.lora_rank),
             load_source(source, schema, recipe.seed),
@@ -33,12 +30,6 @@ def site_recipe(recipe: Recipe, site_name: str = "", site_config: str = "") -> S
         load_site(recipe.data, site_name, schema, recipe.seed),
         keep_dir=source.keep_dir if source else None,
     )
-
-
-def read_site_config(path: str | Path, schema_name: str = "clinical") -> SiteSource:
-    """A SuperNode's site config, checked in full before any data or model loads (its
-    files, format, mapping, types); ConfigProblems names every problem with its line."""
-    return check_site_config(path, schema_name)
 
 
 def own_rank(recipe: Recipe, rank: int | None) -> Recipe:
