@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -337,6 +338,30 @@ def document_scores(
     return out
 
 
+def code_version() -> str | None:
+    """The commit each cell was measured with (a long run spans days and sessions)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 class Bench:
     """results.json: the arguments, the sets, and one entry per finished cell."""
 
@@ -349,6 +374,7 @@ class Bench:
             "cells": {},
             "timing_s": {},
         }
+        self.commit = code_version()
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.began:7.0f}s] {msg}", flush=True)
@@ -363,11 +389,32 @@ class Bench:
         self.data["cells"] = saved.get("cells", {})
         self.data["timing_s"] = saved.get("timing_s", {})
         self.began -= self.data["timing_s"].get("total", 0.0)  # total: every run's time
+        self.data["sets"] = saved.get("sets", {})
         self.log(f"resumed: {len(self.data['cells'])} cells already measured")
+
+    def use_sets(self, described: dict[str, Any]) -> None:
+        """The test sets of this run; a resumed run's cells must have been scored on the
+        same windows (a run continued on another machine or day rebuilds its splits, and
+        a changed reader or corpus file would silently mix two test sets in one table)."""
+        saved = self.data["sets"]
+        if self.data["cells"] and saved and saved != described:
+            changed = sorted(
+                k for k in saved.keys() | described.keys() if saved.get(k) != described.get(k)
+            )
+            raise SystemExit(
+                f"--resume: the test sets differ from those of the saved cells: {changed} "
+                f"({self.out / 'splits'} was rebuilt from other data)"
+            )
+        self.data["sets"] = described
 
     def record(self, cell: str, sets: dict[str, Any], began: float, **extra: Any) -> None:
         seconds = round(time.perf_counter() - began, 1)
-        self.data["cells"][cell] = {"seconds": seconds, **extra, "sets": sets}
+        self.data["cells"][cell] = {
+            "seconds": seconds,
+            "commit": self.commit,
+            **extra,
+            "sets": sets,
+        }
         self.save()
         self.log(f"cell {cell} done in {seconds:.0f}s")
 
@@ -557,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.resume(json.loads((out / "results.json").read_text()))
     folder = prepare_splits(args, out, load_schema())
     sets, ncbi_train = load_sets(folder)
-    bench.data["sets"] = describe_sets(sets, folder)
+    bench.use_sets(describe_sets(sets, folder))
     bench.data["evaluation"] = (
         "whole test splits"
         if args.eval_windows == 0

@@ -64,6 +64,22 @@ def test_resume_refuses_other_budgets(tmp_path):
         other.resume(saved)
 
 
+def test_resume_refuses_cells_scored_on_other_test_windows(tmp_path):
+    args = args_for("--out", str(tmp_path))
+    bench = clinical_ie.Bench(tmp_path, args)
+    bench.use_sets({"chia": {"windows": 3, "groups": ["a", "a", "b"]}})
+    bench.record("zero-shot", {"chia": {"counts": []}}, began=0.0)
+    assert bench.data["cells"]["zero-shot"]["commit"] == clinical_ie.code_version()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    same = clinical_ie.Bench(tmp_path, args)
+    same.resume(saved)
+    same.use_sets({"chia": {"windows": 3, "groups": ["a", "a", "b"]}})  # rebuilt, identical
+    rebuilt = clinical_ie.Bench(tmp_path, args)
+    rebuilt.resume(saved)
+    with pytest.raises(SystemExit, match="test sets differ.*chia"):
+        rebuilt.use_sets({"chia": {"windows": 3, "groups": ["a", "b", "b"]}})
+
+
 def test_sweep_schedules_keep_equal_compute():
     names = clinical_ie.variants(
         args_for(
