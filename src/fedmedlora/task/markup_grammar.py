@@ -106,6 +106,16 @@ class MarkupGrammar:
             + 16
             + MAX_REFS * (MAX_REF_DIGITS + 2 + max((len(p) for p in self.rel_prefixes), default=0))
         )
+        # closable_after[p]: a span open at p can still close later (some q > p follows
+        # a non-blank character at a place a tag may go). Without it, a span left open
+        # into a window's trailing blanks could never close: a dead end, which the
+        # decoder would leave as an unclosed tag and uncopied text.
+        self.closable_after = bytearray(n + 2)
+        for q in range(n - 1, -1, -1):
+            after = q + 1
+            self.closable_after[q] = self.closable_after[after] or (
+                self.boundary[after] and not self.blank_before[after]
+            )
         self.tokens_left: int | None = None
         self._tag_memo: dict[tuple, frozenset[int]] = {}
 
@@ -142,12 +152,16 @@ class MarkupGrammar:
             bool(opened) and opened[-1] < pos and self.boundary[pos] and not self.blank_before[pos]
         )
 
+    def _may_copy(self, pos: int, opened: tuple[int, ...]) -> bool:
+        """The next byte of text may be copied: open spans can still close after it."""
+        return pos < len(self.target) and (not opened or bool(self.closable_after[pos]))
+
     def next_bytes(self, state: State) -> list[int]:
         """The bytes that may come next (a small set: the decoder walks the vocabulary
         trie only along these)."""
         pos, opened, next_id, tag, may_open = state
         if tag is None:
-            out = [self.target[pos]] if pos < len(self.target) else []
+            out = [self.target[pos]] if self._may_copy(pos, opened) else []
             if self._can_close(pos, opened) or (
                 self._can_open(pos, opened) and self._affordable(pos, opened)
             ):
@@ -159,7 +173,7 @@ class MarkupGrammar:
         """The state after `byte`, or None where `byte` is not allowed."""
         pos, opened, next_id, tag, may_open = state
         if tag is None:
-            if pos < len(self.target) and byte == self.target[pos]:
+            if self._may_copy(pos, opened) and byte == self.target[pos]:
                 return (pos + 1, opened, next_id, None, False)
             if byte == LT:
                 may = self._can_open(pos, opened) and self._affordable(pos, opened)
