@@ -318,7 +318,7 @@ class ConstrainedDecoder:
         """The next tokens of the text still to copy, as the tokenizer splits it; inside
         a tag, the tag's forced continuation (`pan class="` after `<s`) first."""
         g = row.grammar
-        pos, _, _, tag, _ = row.state
+        pos, tag = row.state[0], row.state[3]
         room = min(self.k, row.budget - len(row.tokens) - 2)
         if room <= 0 or (pos >= len(g.target) and tag is None):
             return []
