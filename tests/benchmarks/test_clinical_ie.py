@@ -76,7 +76,7 @@ def test_resume_refuses_cells_scored_on_other_test_windows(tmp_path):
     same.use_sets({"chia": {"windows": 3, "groups": ["a", "a", "b"]}})  # rebuilt, identical
     rebuilt = clinical_ie.Bench(tmp_path, args)
     rebuilt.resume(saved)
-    with pytest.raises(SystemExit, match="test sets differ.*chia"):
+    with pytest.raises(SystemExit, match=r"test sets differ.*chia"):
         rebuilt.use_sets({"chia": {"windows": 3, "groups": ["a", "b", "b"]}})
 
 
