@@ -4,7 +4,9 @@ training seeds, with bootstrap intervals over test documents.
 Sites (federated): MACCROBAT (case reports, brat), Chia (trial criteria, brat), BC5CDR
 (train + dev, PubTator), each split into train/test once (`--seed`, fixed for every
 training seed). External validation (never trained on): the NCBI-disease test set and
-the BC5CDR test set. New site: NCBI-disease with k labelled training documents.
+the BC5CDR test set. New site: NCBI-disease with k labelled training documents,
+trained from the base model and from the seed's Fed-MedLoRA adapter for
+`--new-site-epochs` passes over their windows (at least `--new-site-steps` steps).
 
 Methods: zero-shot base LLM, single-site (each site alone), centralized (all training
 data pooled), Fed-MedLoRA (Flower simulation) and its variants (`--sweep`, `--corrupt`),
@@ -77,6 +79,7 @@ SELECTION = (
     "size_mix",
     "corrupt_site",
     "corrupt_fraction",
+    "new_site_epochs",  # checked per new-site cell instead (`pending`)
 )
 
 
@@ -298,16 +301,23 @@ def planned_cells(args: argparse.Namespace) -> list[str]:
 
 
 def pending(
-    planned: list[str], done: dict[str, Any], fed: dict[str, dict[str, Any]] | None = None
+    planned: list[str],
+    done: dict[str, Any],
+    fed: dict[str, dict[str, Any]] | None = None,
+    new_site_epochs: float | None = None,
 ) -> list[str]:
     """The planned cells not yet measured; a federated variant measured with other
-    settings than `fed` (its overrides now) is measured again."""
+    settings than `fed` (its overrides now), or a new-site cell trained for other
+    epochs than `new_site_epochs` (none recorded: the fixed-step protocol, 0), is
+    measured again."""
     fed = fed or {}
 
     def finished(cell: str) -> bool:
         method = parse_cell(cell)[0]
         if cell not in done:
             return False
+        if method.startswith("new-site:") and new_site_epochs is not None:
+            return done[cell].get("epochs", 0.0) == new_site_epochs
         return method not in fed or done[cell].get("overrides", {}) == fed[method]
 
     return [c for c in planned if not finished(c)]
@@ -511,16 +521,23 @@ def run_cell(
             origin = load_peft_adapter(fed_dir)
         else:
             origin = initial_adapter(recipe)
-        log(f"{method} (seed {seed}): {k} documents, {args.new_site_steps} steps, lr {args.lr}")
-        state, _ = train_local(
+        log(
+            f"{method} (seed {seed}): {k} documents, {args.new_site_epochs:g} epochs "
+            f"(at least {args.new_site_steps} steps), lr {args.lr}"
+        )
+        state, stats = train_local(
             recipe,
             [SiteData(ncbi.spec, labelled, [])],
             args.new_site_steps,
             start=origin,
             seed=seed,
+            epochs=args.new_site_epochs,
         )
+        log(f"    trained {stats.steps} steps")
         scores = document_scores(recipe, state, [ncbi], False, log)
-        bench.record(cell, scores, began, k=k, steps=args.new_site_steps, lr=args.lr)
+        bench.record(
+            cell, scores, began, k=k, steps=stats.steps, epochs=args.new_site_epochs, lr=args.lr
+        )
     else:
         raise SystemExit(f"unknown cell {cell!r}")
 
@@ -547,7 +564,14 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--window-chars", type=int, default=240)
     ap.add_argument("--max-new-tokens", type=int, default=200, help="generation length cap")
-    ap.add_argument("--new-site-steps", type=int, default=10)
+    ap.add_argument("--new-site-steps", type=int, default=10, help="new site: fewest steps")
+    ap.add_argument(
+        "--new-site-epochs",
+        type=float,
+        default=1.0,
+        help="new site: at least this many passes over the k documents' windows (at a fixed "
+        "step count a larger k only changes which windows are seen)",
+    )
     ap.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 25, 50])
     ap.add_argument(
         "--max-train-docs",
@@ -611,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else f"{args.eval_windows} seeded windows per test set (fewer where a set has fewer)"
     )
     bench.save()
-    todo = pending(planned_cells(args), bench.data["cells"], variants(args))
+    todo = pending(planned_cells(args), bench.data["cells"], variants(args), args.new_site_epochs)
     bench.log(f"{len(todo)} cells to run: {todo}")
     for cell in todo:
         run_cell(cell, bench, args, folder, sets, ncbi_train)

@@ -215,15 +215,17 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "## New site (NCBI-disease) with k labelled documents: entity strict F1",
             "",
-            f"{args['new_site_steps']} steps at lr {args['lr']:g} from both starts, "
-            "seeds averaged (the k documents are drawn again for each seed); k = 0: "
-            "the zero-shot base model and the federated adapter as they are.",
+            f"{args.get('new_site_epochs', 0):g} epochs over the k documents' windows, "
+            f"at least {args['new_site_steps']} steps (steps: as trained, over seeds), "
+            f"lr {args['lr']:g}, the same from both starts; seeds averaged (the k "
+            "documents are drawn again for each seed); k = 0: the zero-shot base model "
+            "and the federated adapter as they are.",
             "",
-            "| k | from base model | from Fed-MedLoRA adapter |",
-            "|---|---|---|",
+            "| k | steps | from base model | from Fed-MedLoRA adapter |",
+            "|---|---|---|---|",
         ]
         for k, base, fed in new_site:
-            lines.append(f"| {k} | {_cell(base)} | {_cell(fed)} |")
+            lines.append(f"| {k} | {new_site_steps(data, k)} | {_cell(base)} | {_cell(fed)} |")
     lines += ["", "## Time (s)", "", "| cell | seconds |", "|---|---|"]
     lines += [f"| {c} | {v['seconds']:.0f} |" for c, v in data["cells"].items()]
     lines += [f"| total | {data['timing_s'].get('total', 0):.0f} |"]
@@ -250,6 +252,21 @@ def new_site_rows(data: dict) -> list[tuple[int, dict | None, dict | None]]:
             )
         )
     return rows
+
+
+def new_site_steps(data: dict, k: int) -> str:
+    """The steps the k-document cells trained (the fixed-step protocol's cells record
+    none beyond `steps`): one number, or the range over seeds and starts."""
+    if k == 0:
+        return "0"
+    steps = sorted(
+        {
+            data["cells"][c].get("steps", data["args"]["new_site_steps"])
+            for start in ("base", "fed")
+            for c in runs_of(data, f"new-site:k{k}:{start}")
+        }
+    )
+    return "-".join(str(x) for x in dict.fromkeys((steps[0], steps[-1]))) if steps else ""
 
 
 def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:

@@ -163,6 +163,9 @@ def test_benchmark_fills_every_protocol_and_method(tmp_path, shared_data):
         assert set(entry["sets"]) == want
         for name in want:
             assert len(entry["sets"][name]["counts"]) == data["sets"][name]["windows"]
+    for start in ("base", "fed"):  # 1 epoch over 5 documents' windows: more than 1 step
+        cell = data["cells"][f"new-site:k5:{start}@0"]
+        assert cell["epochs"] == 1.0 and cell["steps"] > 1
     text = (out / "report.md").read_text()
     assert "federated - centralized" in text and "new site k=5" in text
     for name in ("in_domain.png", "new_site.png", "summary.json"):
@@ -187,3 +190,16 @@ def test_a_variant_measured_with_other_settings_is_measured_again():
     done["fed:fedavgm@0"]["overrides"] = same["fed:fedavgm"]
     assert clinical_ie.pending(["fed:fedavgm@0"], done, clinical_ie.variants(args_for(
         "--sweep", "--sweep-schedules", "2x20", "--server-momentum", "0.5"))) == []  # fmt: skip
+
+
+def test_a_new_site_cell_trained_for_other_epochs_is_measured_again():
+    done = {
+        "new-site:k5:fed@0": {"k": 5, "steps": 10, "lr": 0.002},  # the fixed-step protocol
+        "new-site:k5:base@0": {"k": 5, "steps": 12, "epochs": 1.0},
+        "centralized@0": {},
+    }
+    planned = list(done)
+    assert clinical_ie.pending(planned, done, {}, new_site_epochs=1.0) == ["new-site:k5:fed@0"]
+    assert clinical_ie.pending(planned, done, {}, new_site_epochs=2.0) == planned[:2]
+    # --new-site-epochs is checked per cell, so a resumed run may change it
+    assert "new_site_epochs" in clinical_ie.SELECTION

@@ -9,10 +9,11 @@ from fedmedlora.recipe.protocols import (
     evaluate_state,
     load_peft_adapter,
     sample_documents,
+    steps_for_epochs,
     train_local,
 )
 from fedmedlora.recipe.settings import Recipe
-from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model
+from fedmedlora.recipe.site_recipe import build_site_examples, initial_adapter, loaded_model
 from tests.fixtures import notes
 
 RECIPE = Recipe.model_validate(
@@ -42,6 +43,21 @@ def test_single_site_and_pooled_training_start_from_the_base_adapter():
     # a warm start changes the result: training continues from the given adapter
     warm, _ = train_local(RECIPE, [a], steps=3, start=pooled)
     assert any(not torch.equal(warm[k], single[k]) for k in base)
+
+
+def test_epochs_raise_the_steps_so_every_example_is_seen():
+    spec = SiteSpec.full("a", load_schema())
+    a = SiteData(spec, [spec.restrict(d) for d in notes(13, "a", 0)], [])  # > 2 batches of 4
+    _, fixed = train_local(RECIPE, [a], steps=2)
+    _, once = train_local(RECIPE, [a], steps=2, epochs=1.0)
+    assert fixed.steps == 2
+    lm, schema = loaded_model(RECIPE), load_schema()
+    windows = len(build_site_examples(RECIPE, lm, a.train, a.spec, schema).examples)
+    assert windows >= 13 and once.steps == -(-windows // RECIPE.train.batch_size)
+    _, more = train_local(RECIPE, [a], steps=50, epochs=1.0)  # `steps` stays the floor
+    assert more.steps == 50
+    assert steps_for_epochs(9, 4, 1.0) == 3 and steps_for_epochs(9, 4, 2.0) == 5
+    assert steps_for_epochs(9, 4, 0.0) == 0
 
 
 def test_evaluate_state_scores_every_set_on_its_types():

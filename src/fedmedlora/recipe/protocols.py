@@ -3,7 +3,8 @@
 - in-domain: each site's held-out test split;
 - external validation: cohorts no method ever trains on;
 - new-site adaptation: a site with k labelled documents, starting from the federated
-  adapter or from the base model, with the same step budget;
+  adapter or from the base model, with the same steps (`epochs`: every one of the k
+  documents' windows seen, whatever k is);
 - local personalization after federation (LP-FT): a site tunes the federated adapter
   on its own data, first only B (and a head), then every adapter weight.
 
@@ -13,6 +14,7 @@ Single-site and centralized baselines train in one process with the same local r
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,17 +81,26 @@ def train_local(
     *,
     start: State | None = None,
     seed: int = 0,
+    epochs: float = 0.0,
 ) -> tuple[State, TrainStats]:
     """Train one adapter on the pooled training data of `sites` (one site: the
-    single-site baseline; all sites: the centralized upper bound)."""
+    single-site baseline; all sites: the centralized upper bound). `epochs`: at least
+    that many passes over the examples (more steps than `steps` where needed): a new
+    site's k labelled documents are all seen, whatever k is."""
     lm = loaded_model(recipe)
     schema = load_schema(recipe.schema_name)
     examples = []
     for site in sites:
         examples += build_site_examples(recipe, lm, site.train, site.spec, schema).examples
+    steps = max(steps, steps_for_epochs(len(examples), recipe.train.batch_size, epochs))
     load_adapter_state(lm.model, start if start is not None else initial_adapter(recipe))
     stats = train_on(recipe, examples, start_step=0, total_steps=steps, steps=steps, seed=seed)
     return adapter_state(lm.model), stats
+
+
+def steps_for_epochs(examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps that show every example `epochs` times (0 when epochs is 0)."""
+    return math.ceil(epochs * examples / batch_size) if epochs > 0 else 0
 
 
 def sample_documents(docs: Sequence[Document], k: int, seed: int) -> list[Document]:
