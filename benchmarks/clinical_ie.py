@@ -167,20 +167,16 @@ def site_config(folder: Path, name: str, args: argparse.Namespace) -> dict[str, 
 
 # --- configs ------------------------------------------------------------------------------
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Federated variants, each as overrides of the default Fed-MedLoRA run. The sweep's
-    schedules keep the total local steps per site (rounds x steps) of the default."""
+    """Federated variants, each as overrides of the default Fed-MedLoRA run. A sweep
+    schedule of the default's steps per site (rounds x steps) is equal total compute; one
+    of the centralized run's steps (sites x the default) gives every site as many
+    sequential steps as pooling has."""
     out: dict[str, dict[str, Any]] = {"fedmedlora": {}}
     if args.mask_unannotated:
         out["fedmedlora"] = {"train.mask_unannotated_types": True}
     if args.sweep:
-        total = args.rounds * args.local_steps
         for sched in args.sweep_schedules:
-            r, s = (int(x) for x in sched.split("x"))
-            if r * s != total:
-                raise SystemExit(
-                    f"--sweep-schedules {sched}: {r * s} steps per site, not {total} "
-                    f"(--rounds x --local-steps): the sweep compares equal compute"
-                )
+            r, s = schedule(sched)
             if (r, s) != (args.rounds, args.local_steps):
                 out[f"fed:{sched}"] = {"federation.rounds": r, "train.local_steps": s}
         for lr in args.sweep_lr:
@@ -199,6 +195,14 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["fed:corrupt"] = {"corrupt": True}
         out["fed+:corrupt"] = {"corrupt": True, **plus_overrides(args)}
     return out
+
+
+def schedule(text: str) -> tuple[int, int]:
+    """(rounds, local steps) of a sweep schedule written ROUNDSxSTEPS."""
+    r, _, st = text.partition("x")
+    if not (r.isdigit() and st.isdigit() and int(r) > 0 and int(st) > 0):
+        raise SystemExit(f"--sweep-schedules {text!r}: expected ROUNDSxSTEPS, e.g. 8x5")
+    return int(r), int(st)
 
 
 def plus_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -588,8 +592,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--sweep-schedules",
         nargs="+",
-        default=["8x5", "2x20"],
-        help="rounds x local steps, each equal to --rounds x --local-steps",
+        default=["8x5", "2x20", "12x10"],
+        help="ROUNDSxSTEPS: the default's steps per site (equal compute) or sites times "
+        "them (each site as many sequential steps as centralized)",
     )
     ap.add_argument("--sweep-lr", type=float, nargs="*", default=[1e-3, 4e-3])
     ap.add_argument("--sweep-warmup", type=int, nargs="*", default=[10])

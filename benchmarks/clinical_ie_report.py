@@ -283,7 +283,7 @@ def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:
         f = cell_f1(data, m, IN_DOMAIN)
         if f:
             out.append((m, r, s, f))
-    return sorted(out, key=lambda p: p[1])
+    return sorted(out, key=lambda p: (p[1] * p[2], p[1]))  # steps per site, then rounds
 
 
 def _errors(fs: list[dict]) -> list[list[float]]:
@@ -345,14 +345,17 @@ def plots(data: dict[str, Any], out: Path) -> None:
         _line(ax, list(range(len(points))), [p[3] for p in points], "Fed-MedLoRA")
         central = cell_f1(data, "centralized", IN_DOMAIN)
         if central:
-            ax.axhline(central["f1"], color="gray", linestyle="--", label="centralized")
+            steps = len(SITES) * data["args"]["rounds"] * data["args"]["local_steps"]
+            label = f"centralized ({steps} steps)"
+            ax.axhline(central["f1"], color="gray", linestyle="--", label=label)
             ax.axhspan(*central["ci95"], color="gray", alpha=0.15)
-        ax.set_xticks(range(len(points)), [f"{p[1]} x {p[2]}" for p in points])
+        ticks = [f"{p[1]} x {p[2]}\n({p[1] * p[2]})" for p in points]
+        ax.set_xticks(range(len(points)), ticks, fontsize=8)
         _save(
             fig,
             ax,
             out / "sweep.png",
-            "rounds x local steps (equal total steps per site)",
+            "rounds x local steps (steps per site)",
             "in-domain micro entity strict F1",
         )
 

@@ -80,18 +80,34 @@ def test_resume_refuses_cells_scored_on_other_test_windows(tmp_path):
         rebuilt.use_sets({"chia": {"windows": 3, "groups": ["a", "b", "b"]}})
 
 
-def test_sweep_schedules_keep_equal_compute():
+def test_sweep_schedules_are_variants_of_the_default():
     names = clinical_ie.variants(
         args_for(
-            "--sweep", "--rounds", "4", "--local-steps", "10", "--sweep-schedules", "8x5", "2x20"
+            "--sweep", "--rounds", "4", "--local-steps", "10",
+            "--sweep-schedules", "8x5", "4x10", "12x10",
         )
-    )
-    assert {"fedmedlora", "fed:8x5", "fed:2x20", "fed:fedavgm", "fed:plus-mix", "fed:mask"} <= set(
+    )  # fmt: skip
+    assert {"fedmedlora", "fed:8x5", "fed:12x10", "fed:fedavgm", "fed:plus-mix", "fed:mask"} <= set(
         names
     )
+    assert "fed:4x10" not in names  # the default schedule is the fedmedlora cell itself
     assert names["fed:8x5"] == {"federation.rounds": 8, "train.local_steps": 5}
-    with pytest.raises(SystemExit, match="equal compute"):
-        clinical_ie.variants(args_for("--sweep", "--sweep-schedules", "3x10"))
+    assert names["fed:12x10"] == {"federation.rounds": 12, "train.local_steps": 10}
+    for bad in ("3by10", "0x10", "x5"):
+        with pytest.raises(SystemExit, match="ROUNDSxSTEPS"):
+            clinical_ie.variants(args_for("--sweep", "--sweep-schedules", bad))
+
+
+def test_the_sweep_plot_orders_schedules_by_steps_per_site():
+    methods = ("fed:12x10", "fedmedlora", "fed:8x5", "fed:2x20")
+    data = _data({m: [[1, 1, 1]] for m in methods}, ["d"])
+    for name in clinical_ie.SITES:  # the in-domain sets the sweep's F1 pools
+        data["sets"][name] = data["sets"]["bc5cdr"]
+        for cell in data["cells"].values():
+            cell["sets"][name] = cell["sets"]["bc5cdr"]
+    order = [p[0] for p in report.sweep_points(data)]
+    # default 2 x 5 = 10 steps; 2x20 and 8x5 have 40 (fewer rounds first), 12x10 120
+    assert order == ["fedmedlora", "fed:2x20", "fed:8x5", "fed:12x10"]
 
 
 def _data(cells: dict[str, dict[str, list]], groups: list[str]) -> dict:
