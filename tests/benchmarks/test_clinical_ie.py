@@ -219,3 +219,29 @@ def test_a_new_site_cell_trained_for_other_epochs_is_measured_again():
     assert clinical_ie.pending(planned, done, {}, new_site_epochs=2.0) == planned[:2]
     # --new-site-epochs is checked per cell, so a resumed run may change it
     assert "new_site_epochs" in clinical_ie.SELECTION
+
+
+def test_every_federated_variant_is_compared_on_every_set():
+    import clinical_ie_variants as variants_table
+
+    groups = ["d1", "d2", "d3"]
+    good, worse = [[2, 0, 0], [3, 0, 1], [1, 1, 0]], [[1, 1, 1], [2, 1, 2], [0, 1, 1]]
+    data = _data(
+        {
+            "centralized@0": good,
+            "fedmedlora@0": worse,
+            "fed:lr0.004@0": good,
+            "single-site:bc5cdr@0": worse,
+            "single-site:chia@0": [[0, 0, 3]] * 3,
+            "bert-fed@0": good,  # not an LLM federated variant
+        },
+        groups,
+    )
+    got = variants_table.rows(data)
+    assert {r["variant"] for r in got} == {"fedmedlora", "fed:lr0.004"}
+    by = {(r["variant"], r["against"]): r for r in got if r["set"] == "bc5cdr"}
+    assert by["fed:lr0.004", "centralized"]["difference"] == 0.0
+    assert by["fedmedlora", "centralized"]["difference"] < 0
+    # the best single site on bc5cdr is chosen by its F1 there: single-site:bc5cdr
+    assert by["fedmedlora", "best single site"]["a"] == "single-site:bc5cdr"
+    assert by["fedmedlora", "best single site"]["difference"] == 0.0

@@ -1,0 +1,53 @@
+"""Every federated variant of a clinical_ie run against centralized and the best single
+site, on every set, paired (the report itself compares the sweep's variants only on the
+pooled in-domain sets):
+
+.venv/bin/python benchmarks/clinical_ie_variants.py benchmarks/results/clinical_ie
+
+Prints a markdown table and writes OUT/variants.json. Choosing the "best" variant from
+these same test sets flatters it; the table shows every variant for that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from clinical_ie_report import EXTERNAL, IN_DOMAIN, SITES, best_single_site, compare, methods_of
+
+
+def rows(data: dict) -> list[dict]:
+    fed = [m for m in methods_of(data) if m == "fedmedlora" or m.startswith("fed:")]
+    out = []
+    for m in fed:
+        for s in (IN_DOMAIN, *SITES, *EXTERNAL):
+            for label, ref in (
+                ("centralized", "centralized"),
+                ("best single site", best_single_site(data, s) if s != IN_DOMAIN else None),
+            ):
+                got = compare(data, ref, m, s) if ref else None
+                if got:
+                    out.append({"variant": m, "against": label, **got})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="a clinical_ie output folder (results.json)")
+    args = ap.parse_args()
+    data = json.loads((args.out / "results.json").read_text())
+    got = rows(data)
+    (args.out / "variants.json").write_text(json.dumps(got, indent=1))
+    print("| variant | against | set | variant F1 | other F1 | difference [95% interval] |")
+    print("|---|---|---|---|---|---|")
+    for r in got:
+        low, high = r["ci95"]
+        print(
+            f"| {r['variant']} | {r['against']} ({r['a']}) | {r['set']} | {r['f1_b']:.3f} | "
+            f"{r['f1_a']:.3f} | {r['difference']:+.3f} [{low:+.3f}, {high:+.3f}] |"
+        )
+
+
+if __name__ == "__main__":
+    main()
