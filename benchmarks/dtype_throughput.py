@@ -4,6 +4,7 @@ AVX512-BF16), and bf16 weights. The settings take turns step by step over the ve
 batches, so a noisy, shared machine slows all of them alike: compare the ratios.
 
     .venv/bin/python benchmarks/dtype_throughput.py [--model smollm2-135m] [--rounds 4]
+    python benchmarks/dtype_throughput.py --device cuda --batch 32 --out OUT.json  # a GPU
 
 Prints tokens/s per setting and writes docs/measured/dtype_throughput.json.
 """
@@ -40,15 +41,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=4, help="turns per setting")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cuda: the same turns on a GPU")
     ap.add_argument("--out", default=str(ROOT / "docs" / "measured" / "dtype_throughput.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     tok = load_tokenizer(args.model)
     examples = build_examples(
         generate_site("lakeside", 8, seed=1), site_spec("lakeside"), load_schema(), tok, 48
     ).examples
     models = {
-        name: add_lora(load_causal_lm(args.model, dtype=dtype), LoraSettings(dropout=0.0), seed=0)
+        name: add_lora(
+            load_causal_lm(args.model, dtype=dtype), LoraSettings(dropout=0.0), seed=0
+        ).to(device)
         for name, (dtype, _) in SETTINGS.items()
         if dtype == "bf16" or name.startswith("fp32 weights, fp32")
     }
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                 start_step=0,
                 total_steps=1,
                 seed=turn,
-                device=torch.device("cpu"),
+                device=device,
                 precision=precision,
             )
             if turn:
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": args.threads,
             "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(),
         },

@@ -116,6 +116,23 @@ def one_run(model: str, base: str, out: Path, device: str = "cuda", quick: bool 
     }
 
 
+def _write(args: argparse.Namespace, runs: list[dict], began: float) -> dict:
+    import torch
+
+    result = {
+        "benchmark": "gpu_check",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
+        "quick": args.quick,
+        "seconds": time.perf_counter() - began,
+        "runs": runs,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "gpu_check"))
@@ -157,18 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             runs.append(run)
             print(f"{model:14s} {base:5s} {json.dumps(run)[:300]}", flush=True)
-    result = {
-        "benchmark": "gpu_check",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
-        "quick": args.quick,
-        "seconds": time.perf_counter() - began,
-        "runs": runs,
-    }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['seconds']:.0f}s in all; wrote {path}")
+            _write(args, runs, began)  # after every run: a killed check keeps what it did
+    result = _write(args, runs, began)
+    print(f"{result['seconds']:.0f}s in all; wrote {args.json}")
     return 1 if failed else 0
 
 

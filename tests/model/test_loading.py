@@ -69,3 +69,22 @@ def test_the_attention_setting_reaches_the_model_and_eager_gives_the_same_logits
     with torch.no_grad():
         sdpa, eager = (models[a](input_ids=ids).logits for a in ("sdpa", "eager"))
     torch.testing.assert_close(sdpa, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_hub_kernels_stay_off_so_an_offline_gpu_site_can_train():
+    """transformers turns hub kernels on by default when `kernels` is installed; on a GPU
+    `model.train()` then resolves them on the hub and, offline, every site's first round
+    failed (H200, benchmarks/gpu_check.py). Our loaders must switch them off."""
+    from transformers import AutoModelForCausalLM
+
+    from fedmedlora.model.loading import load_token_classifier
+    from fedmedlora.model.registry import resolve_model
+
+    default = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random"))
+    if not default.use_kernels:
+        pytest.skip("this transformers/kernels pair leaves hub kernels off by default")
+    model = load_causal_lm("tiny-random")
+    model.train()
+    assert model.use_kernels is False and model.kernels_mode is None
+    encoder = load_token_classifier("minilm-l6", num_labels=3)
+    assert encoder.use_kernels is False

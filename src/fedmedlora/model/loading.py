@@ -105,6 +105,14 @@ def quantization_config(quantization: str, dtype: str):
     )
 
 
+# NO_HUB_KERNELS: transformers 5.x turns on Hugging Face hub kernels by default wherever
+# the `kernels` package is installed (a transformers dependency). On a GPU the first
+# `model.train()` then resolves kernels (rotary, ...) on the hub; offline, as a hospital
+# site is, that raises and every site fails its first round (seen on an H200 by
+# benchmarks/gpu_check.py). A site's model must load and train from local files alone,
+# and the same code must run the same on every site, so hub kernels stay off.
+
+
 def load_causal_lm(
     name: str,
     device: torch.device | None = None,
@@ -133,6 +141,7 @@ def load_causal_lm(
         attn_implementation=attention,
         quantization_config=quant,
         device_map=placement,
+        use_kernels=False,  # see NO_HUB_KERNELS
     )
     if quant is not None:
         # PEFT's own k-bit preparation: freezes the base, keeps norms and embeddings in
@@ -181,7 +190,10 @@ def load_token_classifier(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForTokenClassification.from_pretrained(
-                resolve_model(name), num_labels=num_labels, dtype=torch.float32
+                resolve_model(name),
+                num_labels=num_labels,
+                dtype=torch.float32,
+                use_kernels=False,  # see NO_HUB_KERNELS
             )
     finally:
         hf_logging.set_verbosity(verbosity)

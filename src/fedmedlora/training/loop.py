@@ -174,6 +174,8 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         stats.losses.append(step_loss)
         stats.steps += 1
+    if device.type == "cuda":  # the optimizer's kernels are queued: time them too
+        torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - began
     model.eval()
     return stats
