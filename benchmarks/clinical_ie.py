@@ -197,6 +197,16 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+def central_variants(args: argparse.Namespace) -> list[str]:
+    """Centralized runs of a sweep schedule's total compute (sites x its steps per site),
+    for schedules with more steps per site than the default: `centralized` has the
+    default's total, so a federated schedule that gives every site more steps is
+    compared with pooling at the same total compute, not only at the same depth."""
+    default = args.rounds * args.local_steps
+    totals = (len(SITES) * r * s for r, s in map(schedule, args.sweep_schedules or []))
+    return [f"centralized:{t}" for t in sorted(set(totals)) if t > len(SITES) * default]
+
+
 def schedule(text: str) -> tuple[int, int]:
     """(rounds, local steps) of a sweep schedule written ROUNDSxSTEPS."""
     r, _, st = text.partition("x")
@@ -296,6 +306,7 @@ def planned_cells(args: argparse.Namespace) -> list[str]:
     for seed in range(args.seeds):
         methods = list(variants(args))
         methods += [f"single-site:{s}" for s in SITES] + ["centralized"]
+        methods += central_variants(args) if args.sweep else []
         methods += [f"new-site:k{k}:{start}" for k in args.k if k for start in ("base", "fed")]
         if not args.skip_bert:
             methods += [f"bert-single-site:{s}" for s in SITES]
@@ -508,9 +519,10 @@ def run_cell(
         state, stats = train_local(recipe, [sites[name]], steps, seed=seed)
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])
-    elif method in ("centralized", "bert-centralized"):
-        log(f"{method} (seed {seed}): {len(sites) * steps} steps on pooled data")
-        state, stats = train_local(recipe, list(sites.values()), len(sites) * steps, seed=seed)
+    elif method in ("centralized", "bert-centralized") or method.startswith("centralized:"):
+        total = int(method.split(":")[1]) if ":" in method else len(sites) * steps
+        log(f"{method} (seed {seed}): {total} steps on pooled data")
+        state, stats = train_local(recipe, list(sites.values()), total, seed=seed)
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])
     elif method.startswith("new-site:"):

@@ -1,6 +1,7 @@
 """Every federated variant of a clinical_ie run against centralized and the best single
 site, on every set, paired (the report itself compares the sweep's variants only on the
-pooled in-domain sets):
+pooled in-domain sets); a schedule that gives each site more steps than the default is
+also compared with the centralized run of its total compute (`centralized:STEPS`):
 
 .venv/bin/python benchmarks/clinical_ie_variants.py benchmarks/results/clinical_ie
 
@@ -12,9 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from clinical_ie_report import EXTERNAL, IN_DOMAIN, SITES, best_single_site, compare, methods_of
+
+
+def same_compute(data: dict, variant: str) -> str | None:
+    """The centralized cell with a schedule variant's total steps, if it was run."""
+    found = re.fullmatch(r"fed:(\d+)x(\d+)", variant)
+    if not found:
+        return None
+    total = len(SITES) * int(found[1]) * int(found[2])
+    return f"centralized:{total}" if f"centralized:{total}" in methods_of(data) else None
 
 
 def rows(data: dict) -> list[dict]:
@@ -24,6 +35,7 @@ def rows(data: dict) -> list[dict]:
         for s in (IN_DOMAIN, *SITES, *EXTERNAL):
             for label, ref in (
                 ("centralized", "centralized"),
+                ("centralized, same total steps", same_compute(data, m)),
                 ("best single site", best_single_site(data, s) if s != IN_DOMAIN else None),
             ):
                 got = compare(data, ref, m, s) if ref else None

@@ -91,6 +91,16 @@ def test_sweep_schedules_are_variants_of_the_default():
         names
     )
     assert "fed:4x10" not in names  # the default schedule is the fedmedlora cell itself
+    # pooling at the total compute of a schedule with more steps per site (3 x 12 x 10)
+    centrals = clinical_ie.central_variants(
+        args_for("--sweep", "--rounds", "4", "--local-steps", "10",
+                 "--sweep-schedules", "8x5", "12x10")
+    )  # fmt: skip
+    assert centrals == ["centralized:360"]
+    cells = clinical_ie.planned_cells(
+        args_for("--sweep", "--seeds", "1", "--only", "centralized:360")
+    )
+    assert cells == ["centralized:360@0"]
     assert names["fed:8x5"] == {"federation.rounds": 8, "train.local_steps": 5}
     assert names["fed:12x10"] == {"federation.rounds": 12, "train.local_steps": 10}
     for bad in ("3by10", "0x10", "x5"):
@@ -234,11 +244,17 @@ def test_every_federated_variant_is_compared_on_every_set():
             "single-site:bc5cdr@0": worse,
             "single-site:chia@0": [[0, 0, 3]] * 3,
             "bert-fed@0": good,  # not an LLM federated variant
+            "fed:12x10@0": good,
+            "centralized:360@0": worse,  # 3 sites x 12 x 10 steps
         },
         groups,
     )
     got = variants_table.rows(data)
-    assert {r["variant"] for r in got} == {"fedmedlora", "fed:lr0.004"}
+    assert {r["variant"] for r in got} == {"fedmedlora", "fed:lr0.004", "fed:12x10"}
+    same = [r for r in got if r["against"] == "centralized, same total steps"]
+    assert {r["variant"] for r in same} == {"fed:12x10"}
+    assert {r["a"] for r in same} == {"centralized:360"}
+    assert all(r["difference"] > 0 for r in same if r["set"] == "bc5cdr")
     by = {(r["variant"], r["against"]): r for r in got if r["set"] == "bc5cdr"}
     assert by["fed:lr0.004", "centralized"]["difference"] == 0.0
     assert by["fedmedlora", "centralized"]["difference"] < 0
