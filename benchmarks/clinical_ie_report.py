@@ -124,6 +124,8 @@ def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
         if m.startswith("fed:") and "corrupt" not in m and m != "fed:plus-mix":
             add("fedmedlora", m, [IN_DOMAIN], f"{m} - Fed-MedLoRA (sweep)")
             add("centralized", m, [IN_DOMAIN], f"{m} - centralized (sweep)")
+            if same := same_total_steps(m):  # pooling with this schedule's total compute
+                add(same, m, [IN_DOMAIN], f"{m} - {same} (sweep, same total steps)")
     ks = sorted({int(m.split(":")[1][1:]) for m in methods if m.startswith("new-site:")})
     for k in ks:
         add(
@@ -269,6 +271,15 @@ def new_site_steps(data: dict, k: int) -> str:
     return "-".join(str(x) for x in dict.fromkeys((steps[0], steps[-1]))) if steps else ""
 
 
+def same_total_steps(method: str) -> str | None:
+    """The centralized cell with a schedule variant's total steps (sites x rounds x
+    steps): `fed:12x10` -> `centralized:360` with three sites."""
+    r, x, st = method.removeprefix("fed:").partition("x")
+    if not (method.startswith("fed:") and x and r.isdigit() and st.isdigit()):
+        return None
+    return f"centralized:{len(SITES) * int(r) * int(st)}"
+
+
 def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:
     """(method, rounds, local steps, in-domain F1) of the default run and each schedule."""
     args = data["args"]
@@ -349,6 +360,11 @@ def plots(data: dict[str, Any], out: Path) -> None:
             label = f"centralized ({steps} steps)"
             ax.axhline(central["f1"], color="gray", linestyle="--", label=label)
             ax.axhspan(*central["ci95"], color="gray", alpha=0.15)
+        for m in methods_of(data):  # pooling at a longer schedule's total compute
+            if m.startswith("centralized:") and (f := cell_f1(data, m, IN_DOMAIN)):
+                label = f"centralized ({m.split(':')[1]} steps)"
+                ax.axhline(f["f1"], color="black", linestyle=":", label=label)
+                ax.axhspan(*f["ci95"], color="black", alpha=0.08)
         ticks = [f"{p[1]} x {p[2]}\n({p[1] * p[2]})" for p in points]
         ax.set_xticks(range(len(points)), ticks, fontsize=8)
         _save(

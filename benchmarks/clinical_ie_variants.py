@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
-from clinical_ie_report import EXTERNAL, IN_DOMAIN, SITES, best_single_site, compare, methods_of
+from clinical_ie_report import (
+    EXTERNAL,
+    IN_DOMAIN,
+    SITES,
+    best_single_site,
+    compare,
+    methods_of,
+    same_total_steps,
+)
 
 
 def same_compute(data: dict, variant: str) -> str | None:
     """The centralized cell with a schedule variant's total steps, if it was run."""
-    found = re.fullmatch(r"fed:(\d+)x(\d+)", variant)
-    if not found:
-        return None
-    total = len(SITES) * int(found[1]) * int(found[2])
-    return f"centralized:{total}" if f"centralized:{total}" in methods_of(data) else None
+    cell = same_total_steps(variant)
+    return cell if cell in methods_of(data) else None
 
 
 def rows(data: dict) -> list[dict]:

@@ -255,6 +255,9 @@ def test_every_federated_variant_is_compared_on_every_set():
     assert {r["variant"] for r in same} == {"fed:12x10"}
     assert {r["a"] for r in same} == {"centralized:360"}
     assert all(r["difference"] > 0 for r in same if r["set"] == "bc5cdr")
+    assert report.same_total_steps("fed:12x10") == "centralized:360"
+    assert report.same_total_steps("fed:lr0.004") is None
+    assert report.same_total_steps("fed:corrupt") is None
     by = {(r["variant"], r["against"]): r for r in got if r["set"] == "bc5cdr"}
     assert by["fed:lr0.004", "centralized"]["difference"] == 0.0
     assert by["fedmedlora", "centralized"]["difference"] < 0
