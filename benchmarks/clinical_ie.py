@@ -187,6 +187,9 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "federation.aggregation.method": "fedavgm",
             "federation.aggregation.server_momentum": args.server_momentum,
         }
+        # the product of averaged factors is not the average of the sites' products:
+        # the best rank-r factors of that average instead (hetero_rank.py)
+        out["fed:exact"] = {"federation.aggregation.method": "exact"}
         out["fed:plus-mix"] = plus_overrides(args)
         out["fed:mask" if not args.mask_unannotated else "fed:nomask"] = {
             "train.mask_unannotated_types": not args.mask_unannotated

@@ -90,6 +90,7 @@ def test_sweep_schedules_are_variants_of_the_default():
     assert {"fedmedlora", "fed:8x5", "fed:12x10", "fed:fedavgm", "fed:plus-mix", "fed:mask"} <= set(
         names
     )
+    assert names["fed:exact"] == {"federation.aggregation.method": "exact"}
     assert "fed:4x10" not in names  # the default schedule is the fedmedlora cell itself
     # pooling at the total compute of a schedule with more steps per site (3 x 12 x 10)
     centrals = clinical_ie.central_variants(
