@@ -118,7 +118,8 @@ def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
         best = best_single_site(data, s)
         if best:
             add(best, "fedmedlora", [s], "federated - best single site")
-    add("fed:corrupt", "fed+:corrupt", in_domain, "Fed-MedLoRA+ - Fed-MedLoRA (corrupted site)")
+    corrupt_sets = in_domain + list(EXTERNAL)
+    add("fed:corrupt", "fed+:corrupt", corrupt_sets, "Fed-MedLoRA+ - Fed-MedLoRA (corrupted site)")
     add("fedmedlora", "fed:plus-mix", in_domain, "Fed-MedLoRA+ (size mix) - Fed-MedLoRA")
     for m in methods:
         if m.startswith("fed:") and "corrupt" not in m and m != "fed:plus-mix":
