@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clinical_ie_report import write_report  # beside this script
+from clinical_ie_report import EXTERNAL, SITES, central_cell, write_report  # beside this script
 from fedmedlora.apps.simulation import simulate
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import RunConfig, parse_config
@@ -60,8 +60,6 @@ from fedmedlora.recipe.settings import Recipe
 from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model, predict
 from resuming import check_same_arguments, saved_arguments  # beside this script
 
-SITES = ("maccrobat", "chia", "bc5cdr")
-EXTERNAL = ("ncbi_test", "bc5cdr_test")
 # Arguments that choose which cells run, not what a cell computes: a resumed run may
 # change them (e.g. add seeds, or the BERT cells, to a finished run).
 # A federated variant's settings are checked per cell instead (`pending`).
@@ -206,8 +204,8 @@ def central_variants(args: argparse.Namespace) -> list[str]:
     default's total, so a federated schedule that gives every site more steps is
     compared with pooling at the same total compute, not only at the same depth."""
     default = args.rounds * args.local_steps
-    totals = (len(SITES) * r * s for r, s in map(schedule, args.sweep_schedules or []))
-    return [f"centralized:{t}" for t in sorted(set(totals)) if t > len(SITES) * default]
+    longer = {(r * s, central_cell(r, s)) for r, s in map(schedule, args.sweep_schedules)}
+    return [cell for steps, cell in sorted(longer) if steps > default]
 
 
 def schedule(text: str) -> tuple[int, int]:

@@ -272,13 +272,23 @@ def new_site_steps(data: dict, k: int) -> str:
     return "-".join(str(x) for x in dict.fromkeys((steps[0], steps[-1]))) if steps else ""
 
 
-def same_total_steps(method: str) -> str | None:
-    """The centralized cell with a schedule variant's total steps (sites x rounds x
-    steps): `fed:12x10` -> `centralized:360` with three sites."""
+def schedule_of(method: str) -> tuple[int, int] | None:
+    """(rounds, local steps) of a schedule variant `fed:ROUNDSxSTEPS`, else None."""
     r, x, st = method.removeprefix("fed:").partition("x")
-    if not (method.startswith("fed:") and x and r.isdigit() and st.isdigit()):
-        return None
-    return f"centralized:{len(SITES) * int(r) * int(st)}"
+    if method.startswith("fed:") and x and r.isdigit() and st.isdigit():
+        return int(r), int(st)
+    return None
+
+
+def central_cell(rounds: int, steps: int) -> str:
+    """The centralized cell with the total steps of `rounds` x `steps` at every site."""
+    return f"centralized:{len(SITES) * rounds * steps}"
+
+
+def same_total_steps(method: str) -> str | None:
+    """`fed:12x10` -> `centralized:360` (three sites); None for other variants."""
+    sched = schedule_of(method)
+    return central_cell(*sched) if sched else None
 
 
 def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:
@@ -288,8 +298,8 @@ def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:
     for m in methods_of(data):
         if m == "fedmedlora":
             r, s = args["rounds"], args["local_steps"]
-        elif m.startswith("fed:") and "x" in m[4:] and m[4:].replace("x", "").isdigit():
-            r, s = (int(x) for x in m[4:].split("x"))
+        elif sched := schedule_of(m):
+            r, s = sched
         else:
             continue
         f = cell_f1(data, m, IN_DOMAIN)
