@@ -199,6 +199,83 @@ def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
     assert bad.exit_code == 2 and "not a PEFT adapter folder" in bad.output
 
 
+def _fedex_like_adapter(model, folder: Path) -> dict:
+    """A saved adapter with a FedEx-LoRA base residual on one weight; returns the residual."""
+    import torch
+
+    from fedmedlora.model.lora import adapter_state, save_adapter
+
+    name = "base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"
+    weight = dict(model.named_parameters())[name]
+    residual = {name: torch.full_like(weight, 0.125)}
+    save_adapter(model, adapter_state(model), folder, base_residual=residual)
+    return residual
+
+
+def test_extract_runs_a_fedex_adapter_on_its_offset_base_weights(tmp_path, monkeypatch):
+    import torch
+
+    import fedmedlora.evaluation.inference as inference
+    from fedmedlora.model.loading import load_causal_lm
+    from fedmedlora.model.lora import BASE_RESIDUAL, LoraSettings, add_lora
+
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=2))
+    residual = _fedex_like_adapter(model, tmp_path / "adapter")
+    ((name, offset),) = residual.items()
+    pretrained = dict(model.named_parameters())[name].detach().clone()
+    seen, real = {}, inference.extract
+
+    def spy(lm, *args, **kwargs):
+        seen["weight"] = dict(lm.named_parameters())[name].detach().clone()
+        return real(lm, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "extract", spy)
+    (tmp_path / "n.txt").write_text("No fever.")
+    args = ["extract", "--input", str(tmp_path / "n.txt"), "--adapter", str(tmp_path / "adapter")]
+    args += ["--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "8"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert torch.equal(seen["weight"], pretrained + offset)
+
+    from safetensors.torch import save_file
+
+    save_file({name: torch.zeros(2, 2)}, str(tmp_path / "adapter" / BASE_RESIDUAL))
+    bad = runner.invoke(app, [*args[:-4], "--out", str(tmp_path / "o2.jsonl")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert BASE_RESIDUAL in bad.output and "offset (2, 2)" in bad.output
+    assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_personalize_starts_from_a_fedex_adapter_s_offset_base_and_keeps_its_residual(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from fedmedlora.config import load_config
+    from fedmedlora.model.lora import BASE_RESIDUAL, offset_base_weights
+    from fedmedlora.recipe.site_recipe import loaded_model
+
+    write_jsonl(notes(8, "north"), tmp_path / "north.jsonl")
+    (tmp_path / "run.yaml").write_text(
+        "model: {name: tiny-random}\ntrain: {local_steps: 1, batch_size: 4}\n"
+        "generation: {max_new_tokens: 8}\n"
+        "data:\n  sites:\n    - {name: north, train: north.jsonl, test_fraction: 0.25}\n"
+    )
+    model = loaded_model(load_config(tmp_path / "run.yaml").recipe()).model
+    residual = _fedex_like_adapter(model, tmp_path / "fed")
+    ((name, offset),) = residual.items()
+    pretrained = dict(model.named_parameters())[name].detach().clone()
+    args = ["personalize", str(tmp_path / "run.yaml"), "--adapter", str(tmp_path / "fed")]
+    try:
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "p"), "--site", "north"])
+        assert result.exit_code == 0, result.output
+        # the site's model (loaded once per process) trained on the offset base weight
+        assert torch.equal(dict(model.named_parameters())[name], pretrained + offset)
+    finally:  # later tests share this process's cached model
+        offset_base_weights(model, {name: torch.zeros_like(offset)})
+    kept = load_file(str(tmp_path / "p" / "personal_adapter" / BASE_RESIDUAL))
+    assert kept.keys() == residual.keys() and torch.equal(kept[name], offset)
+
+
 def test_data_synthetic_writes_sites_a_supernode_and_a_run_can_read(tmp_path):
     from fedmedlora.config import load_config
     from fedmedlora.data.schema import load_schema

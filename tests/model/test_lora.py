@@ -4,9 +4,11 @@ import torch
 from fedmedlora.errors import ConfigError
 from fedmedlora.model.loading import load_causal_lm, load_tokenizer
 from fedmedlora.model.lora import (
+    BASE_RESIDUAL,
     LoraSettings,
     adapter_state,
     add_lora,
+    apply_base_residual,
     load_adapter_state,
     merged_lora,
     offset_base_weights,
@@ -77,6 +79,39 @@ def test_base_weight_offsets_apply_to_the_pretrained_weight_each_time():
         offset_base_weights(model, {lora_a: torch.zeros(4, pretrained.shape[1])})
     with pytest.raises(ValueError, match="offset"):
         offset_base_weights(model, {name: torch.zeros(2, 2)})
+
+
+def test_a_saved_base_residual_travels_in_the_adapter_folder_and_loads_with_it(tmp_path):
+    """FedEx-LoRA's global model is base + residual + adapter: an adapter folder that
+    carries a residual, loaded with PEFT and `apply_base_residual`, computes exactly the
+    model that saved it (plain PEFT alone would silently compute another)."""
+    from peft import PeftModel
+
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=2), seed=0)
+    name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    torch.manual_seed(0)
+    residual = {name: torch.randn_like(dict(model.named_parameters())[name]) * 0.5}
+    offset_base_weights(model, residual)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    want = model(input_ids=ids).logits
+    save_adapter(model, adapter_state(model), tmp_path / "a", base_residual=residual)
+    assert (tmp_path / "a" / BASE_RESIDUAL).is_file()
+
+    loaded = PeftModel.from_pretrained(load_causal_lm("tiny-random"), tmp_path / "a").eval()
+    assert not torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-4)
+    assert apply_base_residual(loaded, tmp_path / "a") == 1
+    assert torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-6)
+
+    save_adapter(model, adapter_state(model), tmp_path / "plain")
+    assert apply_base_residual(loaded, tmp_path / "plain") == 0  # no residual, no change
+    (tmp_path / "a" / BASE_RESIDUAL).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=f"{BASE_RESIDUAL}: not a readable safetensors"):
+        apply_base_residual(loaded, tmp_path / "a")
+    from safetensors.torch import save_file
+
+    save_file({name: torch.zeros(3, 3)}, str(tmp_path / "a" / BASE_RESIDUAL))
+    with pytest.raises(ValueError, match=f"{BASE_RESIDUAL}: .*offset \\(3, 3\\)"):
+        apply_base_residual(loaded, tmp_path / "a")
 
 
 def test_target_modules_and_rank_are_configurable():

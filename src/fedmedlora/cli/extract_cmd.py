@@ -165,10 +165,16 @@ def extract(
     if adapter is not None:
         from peft import PeftModel
 
+        from fedmedlora.model.lora import apply_base_residual
+
         try:
             lm = PeftModel.from_pretrained(lm, adapter).eval()
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(f"{adapter}: PEFT cannot load this adapter: {exc}") from None
+        try:
+            apply_base_residual(lm, adapter)  # FedEx-LoRA's; no file, nothing to do
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     style = PromptStyle(zero_shot=adapter is None if zero_shot_prompt is None else zero_shot_prompt)
     settings = GenerationSettings(
         batch_size=batch_size,

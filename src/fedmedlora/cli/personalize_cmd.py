@@ -38,7 +38,7 @@ def personalize(
 ) -> None:
     """Personalize the federated adapter for one site and score both on its test split."""
     from fedmedlora.federation.methods.hetero_rank import fit_rank
-    from fedmedlora.model.lora import save_adapter
+    from fedmedlora.model.lora import apply_base_residual, read_base_residual, save_adapter
     from fedmedlora.recipe.protocols import load_peft_adapter
     from fedmedlora.recipe.protocols import personalize as lpft
     from fedmedlora.recipe.site_setup import site_recipe
@@ -64,6 +64,13 @@ def personalize(
     )
     status = "failed"
     try:
+        # A FedEx-LoRA adapter is trained on offset base weights: the personal adapter
+        # starts from them, and keeps them.
+        try:
+            residual = read_base_residual(adapter)
+            apply_base_residual(local.lm.model, adapter)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         start = fit_rank(local, load_peft_adapter(adapter))
         console.print(f"site [cyan]{name}[/]: scoring the federated adapter")
         before, _ = local.evaluate(start)
@@ -75,7 +82,7 @@ def personalize(
         tracking.log(
             1, {f"{name}/{k}": v for k, v in after.summary().items() if k in HEADLINE} | losses
         )
-        save_adapter(local.lm.model, state, out / "personal_adapter")
+        save_adapter(local.lm.model, state, out / "personal_adapter", base_residual=residual)
         table = Table(title=f"{name}: federated vs personalized ({len(local.site.test)} test docs)")
         table.add_column("adapter")
         for key in HEADLINE:

@@ -120,6 +120,44 @@ def offset_base_weights(model, offsets: dict[str, torch.Tensor]) -> None:
             p.copy_(base + offset.to(device=p.device, dtype=p.dtype))
 
 
+BASE_RESIDUAL = "base_residual.safetensors"
+"""FedEx-LoRA's offsets of the frozen base weights, saved inside its adapter folder
+(federation/methods/fedex.py): without them the adapter is not the federated model."""
+
+
+def read_base_residual(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The base-weight offsets saved in an adapter folder; {} for every method but FedEx."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / BASE_RESIDUAL
+    if not path.is_file():
+        return {}
+    try:
+        return dict(load_file(str(path)))
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def apply_base_residual(model, folder: str | Path) -> int:
+    """Add an adapter folder's base residual, if it has one, to `model`'s frozen base
+    weights (the model as PEFT loaded it); returns how many weights it changed."""
+    residual = read_base_residual(folder)
+    params = dict(model.named_parameters())
+    packed = [k for k in residual if k in params and not params[k].is_floating_point()]
+    if packed:
+        raise ValueError(
+            f"{Path(folder) / BASE_RESIDUAL}: a FedEx-LoRA adapter offsets the base weights, "
+            f"which a quantized base cannot take ({packed[0]} is packed); load the base "
+            "unquantized"
+        )
+    try:
+        offset_base_weights(model, residual)
+    except ValueError as exc:
+        raise ValueError(f"{Path(folder) / BASE_RESIDUAL}: {exc}") from None
+    return len(residual)
+
+
 def adapter_state(model) -> dict[str, torch.Tensor]:
     """The trainable adapter tensors (and a task head, if any), detached float32 copies."""
     from peft import get_peft_model_state_dict
@@ -148,14 +186,25 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"PEFT did not accept adapter keys {result.unexpected_keys[:3]}")
 
 
-def save_adapter(model, state: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
+def save_adapter(
+    model,
+    state: dict[str, torch.Tensor],
+    out_dir: str | Path,
+    base_residual: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write `state` as a standard PEFT adapter folder (adapter_config.json +
-    adapter_model.safetensors), loadable with `PeftModel.from_pretrained`."""
+    adapter_model.safetensors), loadable with `PeftModel.from_pretrained`; a FedEx-LoRA
+    adapter's `base_residual` goes in the same folder, so that it travels with it."""
+    from safetensors.torch import save_file
+
     from fedmedlora.model.registry import portable_name
 
     load_adapter_state(model, state)
     out = Path(out_dir)
     model.save_pretrained(out)
+    if base_residual:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in base_residual.items()}
+        save_file(tensors, str(out / BASE_RESIDUAL))
     # PEFT records the folder the base model was loaded from (a cache path here); the
     # adapter names the model portably instead, so it loads on another machine.
     config_file = out / "adapter_config.json"

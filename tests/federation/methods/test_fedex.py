@@ -13,7 +13,7 @@ from fedmedlora.federation.aggregator import Aggregator, SiteUpdate
 from fedmedlora.federation.methods.fedex import RESIDUAL_SUFFIX, residual_keys
 from fedmedlora.federation.methods.lora_pairs import split_lora
 from fedmedlora.federation.methods.screening import NotEnoughSites
-from fedmedlora.model.lora import LoraSettings
+from fedmedlora.model.lora import BASE_RESIDUAL, LoraSettings
 
 from .helpers import adapter, gen, randn
 
@@ -107,7 +107,7 @@ def test_embedding_adapters_are_refused():
 
 
 @pytest.mark.slow
-def test_a_flower_run_sends_the_residual_and_saves_it_beside_the_adapter(tmp_path):
+def test_a_flower_run_sends_the_residual_and_saves_it_in_the_adapter_folder(tmp_path):
     """2 sites x 2 rounds on the tiny model (about 40 s): the residual goes down with the
     adapter, sites send back A and B only, and the saved adapter with its residual is
     exactly the weighted average of the last round's site models."""
@@ -124,7 +124,7 @@ def test_a_flower_run_sends_the_residual_and_saves_it_beside_the_adapter(tmp_pat
     for msg in up:
         assert not any(k.endswith(RESIDUAL_SUFFIX) for k in msg.content["arrays"])
     saved = load_peft_adapter(run.out / "adapter")
-    final_residual = load_file(str(run.out / "base_residual.safetensors"))
+    final_residual = load_file(str(run.out / "adapter" / BASE_RESIDUAL))
     last, residual = up[2:4], down[2]  # round 2's replies and what went down with it
     states = [dict(m.content["arrays"].to_torch_state_dict()) for m in last]
     counts = [float(m.content["metrics"]["num-examples"]) for m in last]

@@ -13,8 +13,9 @@ weight (`model.lora.offset_base_weights`); sites send back only A and B.
 
 The cost is the download: a dense (out × in) tensor per adapted module, e.g. all of
 SmolLM2-135M's linear weights each round. The final adapter is saved as PEFT's, with
-`base_residual.safetensors` beside it: the global model is the base weights plus the
-residual, with the adapter on top.
+`base_residual.safetensors` in its folder: the global model is the base weights plus the
+residual, with the adapter on top (`model.lora.apply_base_residual`, which `fedmedlora
+extract` and `personalize` call; plain `PeftModel.from_pretrained` ignores the file).
 """
 
 from __future__ import annotations
@@ -98,8 +99,5 @@ class FedEx(Method):
         return Combined({**averaged, **residual})
 
     def save(self, model: Any, sent: State, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_adapter(model, self.full(sent), out_dir / "adapter")
-        residual = {k: v.contiguous() for k, v in sent.items() if k.endswith(RESIDUAL_SUFFIX)}
-        save_file(residual, str(out_dir / "base_residual.safetensors"))
+        residual = {k: v for k, v in sent.items() if k.endswith(RESIDUAL_SUFFIX)}
+        save_adapter(model, self.full(sent), out_dir / "adapter", base_residual=residual)
