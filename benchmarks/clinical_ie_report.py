@@ -71,10 +71,13 @@ def cell_f1(data: dict, method: str, set_name: str, kind="entity", mode="strict"
 
 
 def _same_seeds(data: dict, a: str, b: str) -> tuple[list[str], list[str]]:
-    """Cells of a and b; paired on seeds where both have several."""
+    """Cells of a and b, paired on the training seeds both have (all of each if they
+    share none). A one-seed sweep variant against a three-seed baseline is thus compared
+    on its own seed: the same initialisation and data order on both sides, and the same
+    amount of seed noise."""
     ca, cb = runs_of(data, a), runs_of(data, b)
-    if len(ca) > 1 and len(cb) > 1:
-        seeds = {c.partition("@")[2] for c in ca} & {c.partition("@")[2] for c in cb}
+    seeds = {c.partition("@")[2] for c in ca} & {c.partition("@")[2] for c in cb}
+    if seeds:
         ca = [c for c in ca if c.partition("@")[2] in seeds]
         cb = [c for c in cb if c.partition("@")[2] in seeds]
     return ca, cb

@@ -159,6 +159,22 @@ def test_comparisons_are_paired_on_documents_and_seeds():
     assert {"federated - centralized", "federated - best single site"} <= labels
 
 
+def test_a_one_seed_variant_is_compared_on_its_own_seed():
+    """fed:8x5 ran seed 0 only; centralized seeds 0 and 1, whose seed 1 is far better:
+    the comparison uses centralized's seed 0, not the two-seed mean."""
+    data = _data(
+        {
+            "centralized@0": [[1, 1, 1]] * 3,
+            "centralized@1": [[3, 0, 0]] * 3,
+            "fed:8x5@0": [[1, 1, 1]] * 3,
+        },
+        ["d1", "d2", "d3"],
+    )
+    got = report.compare(data, "centralized", "fed:8x5", "bc5cdr")
+    assert got["runs"] == [1, 1] and got["difference"] == 0.0
+    assert report.cell_f1(data, "centralized", "bc5cdr")["f1"] == 0.75  # the cell: both seeds
+
+
 def test_cell_f1_averages_seeds():
     data = _data({"fedmedlora@0": [[1, 0, 0]], "fedmedlora@1": [[0, 1, 1]]}, ["d"])
     assert report.cell_f1(data, "fedmedlora", "bc5cdr")["f1"] == 0.5
