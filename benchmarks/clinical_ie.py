@@ -35,7 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clinical_ie_report import EXTERNAL, SITES, central_cell, write_report  # beside this script
+from clinical_ie_report import (  # beside this script
+    EXTERNAL,
+    SITES,
+    central_cell,
+    central_lr_cell,
+    lr_of,
+    write_report,
+)
 from fedmedlora.apps.simulation import simulate
 from fedmedlora.cli.common import quiet_libraries
 from fedmedlora.config import RunConfig, parse_config
@@ -202,10 +209,13 @@ def central_variants(args: argparse.Namespace) -> list[str]:
     """Centralized runs of a sweep schedule's total compute (sites x its steps per site),
     for schedules with more steps per site than the default: `centralized` has the
     default's total, so a federated schedule that gives every site more steps is
-    compared with pooling at the same total compute, not only at the same depth."""
+    compared with pooling at the same total compute, not only at the same depth. And
+    centralized at each swept learning rate: whether a rate that helps federated closes
+    the gap or helps pooling as much."""
     default = args.rounds * args.local_steps
     longer = {(r * s, central_cell(r, s)) for r, s in map(schedule, args.sweep_schedules)}
-    return [cell for steps, cell in sorted(longer) if steps > default]
+    by_steps = [cell for steps, cell in sorted(longer) if steps > default]
+    return by_steps + [central_lr_cell(lr) for lr in args.sweep_lr]
 
 
 def schedule(text: str) -> tuple[int, int]:
@@ -521,8 +531,15 @@ def run_cell(
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])
     elif method in ("centralized", "bert-centralized") or method.startswith("centralized:"):
-        total = int(method.split(":")[1]) if ":" in method else len(sites) * steps
-        log(f"{method} (seed {seed}): {total} steps on pooled data")
+        if (lr := lr_of(method)) is not None:
+            recipe = local_recipe(
+                run_config(args, folder, seed, overrides={"train.learning_rate": lr})
+            )
+        total = len(sites) * steps
+        if ":" in method and lr is None:
+            total = int(method.split(":")[1])
+        lr = recipe.train.learning_rate
+        log(f"{method} (seed {seed}): {total} steps on pooled data, lr {lr:g}")
         state, stats = train_local(recipe, list(sites.values()), total, seed=seed)
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])

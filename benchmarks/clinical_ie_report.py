@@ -128,8 +128,8 @@ def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
         if m.startswith("fed:") and "corrupt" not in m and m != "fed:plus-mix":
             add("fedmedlora", m, [IN_DOMAIN], f"{m} - Fed-MedLoRA (sweep)")
             add("centralized", m, [IN_DOMAIN], f"{m} - centralized (sweep)")
-            if same := same_total_steps(m):  # pooling with this schedule's total compute
-                add(same, m, [IN_DOMAIN], f"{m} - {same} (sweep, same total steps)")
+            if pair := counterpart(m):  # pooling with this variant's compute or lr
+                add(pair[0], m, [IN_DOMAIN], f"{m} - {pair[0]} (sweep, {pair[1]})")
     ks = sorted({int(m.split(":")[1][1:]) for m in methods if m.startswith("new-site:")})
     for k in ks:
         add(
@@ -288,10 +288,31 @@ def central_cell(rounds: int, steps: int) -> str:
     return f"centralized:{len(SITES) * rounds * steps}"
 
 
-def same_total_steps(method: str) -> str | None:
-    """`fed:12x10` -> `centralized:360` (three sites); None for other variants."""
-    sched = schedule_of(method)
-    return central_cell(*sched) if sched else None
+def lr_of(method: str) -> float | None:
+    """The learning rate of a variant `fed:lrX` or `centralized:lrX`, else None."""
+    text = method.partition(":")[2]
+    if method.startswith(("fed:lr", "centralized:lr")):
+        try:
+            return float(text.removeprefix("lr"))
+        except ValueError:
+            return None
+    return None
+
+
+def central_lr_cell(lr: float) -> str:
+    return f"centralized:lr{lr:g}"
+
+
+def counterpart(method: str) -> tuple[str, str] | None:
+    """(centralized cell, what it shares) for a federated sweep variant that changes the
+    compute or the learning rate: `fed:12x10` -> `centralized:360` (same total steps,
+    three sites), `fed:lr0.004` -> `centralized:lr0.004` (same learning rate: a rate that
+    helps federated may help pooling as much). None for other variants."""
+    if sched := schedule_of(method):
+        return central_cell(*sched), "same total steps"
+    if (lr := lr_of(method)) is not None:
+        return central_lr_cell(lr), "same learning rate"
+    return None
 
 
 def sweep_points(data: dict) -> list[tuple[str, int, int, dict]]:

@@ -1,7 +1,8 @@
 """Every federated variant of a clinical_ie run against centralized and the best single
 site, on every set, paired (the report itself compares the sweep's variants only on the
 pooled in-domain sets); a schedule that gives each site more steps than the default is
-also compared with the centralized run of its total compute (`centralized:STEPS`):
+also compared with the centralized run of its total compute (`centralized:STEPS`), and a
+learning-rate variant with the centralized run at that rate (`centralized:lrX`):
 
 .venv/bin/python benchmarks/clinical_ie_variants.py benchmarks/results/clinical_ie
 
@@ -21,15 +22,17 @@ from clinical_ie_report import (
     SITES,
     best_single_site,
     compare,
+    counterpart,
     methods_of,
-    same_total_steps,
 )
 
 
-def same_compute(data: dict, variant: str) -> str | None:
-    """The centralized cell with a schedule variant's total steps, if it was run."""
-    cell = same_total_steps(variant)
-    return cell if cell in methods_of(data) else None
+def matched_central(data: dict, variant: str) -> tuple[str, str | None]:
+    """(label, centralized cell) sharing a variant's total steps or learning rate, if run."""
+    pair = counterpart(variant)
+    if pair is None:
+        return "centralized, matched", None
+    return f"centralized, {pair[1]}", pair[0] if pair[0] in methods_of(data) else None
 
 
 def rows(data: dict) -> list[dict]:
@@ -39,7 +42,7 @@ def rows(data: dict) -> list[dict]:
         for s in (IN_DOMAIN, *SITES, *EXTERNAL):
             for label, ref in (
                 ("centralized", "centralized"),
-                ("centralized, same total steps", same_compute(data, m)),
+                matched_central(data, m),
                 ("best single site", best_single_site(data, s) if s != IN_DOMAIN else None),
             ):
                 got = compare(data, ref, m, s) if ref else None

@@ -93,11 +93,12 @@ def test_sweep_schedules_are_variants_of_the_default():
     assert names["fed:exact"] == {"federation.aggregation.method": "exact"}
     assert "fed:4x10" not in names  # the default schedule is the fedmedlora cell itself
     # pooling at the total compute of a schedule with more steps per site (3 x 12 x 10)
+    # and pooling at each swept learning rate
     centrals = clinical_ie.central_variants(
         args_for("--sweep", "--rounds", "4", "--local-steps", "10",
-                 "--sweep-schedules", "8x5", "12x10")
+                 "--sweep-schedules", "8x5", "12x10", "--sweep-lr", "0.004")
     )  # fmt: skip
-    assert centrals == ["centralized:360"]
+    assert centrals == ["centralized:360", "centralized:lr0.004"]
     cells = clinical_ie.planned_cells(
         args_for("--sweep", "--seeds", "1", "--only", "centralized:360")
     )
@@ -263,6 +264,7 @@ def test_every_federated_variant_is_compared_on_every_set():
             "bert-fed@0": good,  # not an LLM federated variant
             "fed:12x10@0": good,
             "centralized:360@0": worse,  # 3 sites x 12 x 10 steps
+            "centralized:lr0.004@0": [[3, 0, 0]] * 3,
         },
         groups,
     )
@@ -272,9 +274,18 @@ def test_every_federated_variant_is_compared_on_every_set():
     assert {r["variant"] for r in same} == {"fed:12x10"}
     assert {r["a"] for r in same} == {"centralized:360"}
     assert all(r["difference"] > 0 for r in same if r["set"] == "bc5cdr")
-    assert report.same_total_steps("fed:12x10") == "centralized:360"
-    assert report.same_total_steps("fed:lr0.004") is None
-    assert report.same_total_steps("fed:corrupt") is None
+    same_lr = [r for r in got if r["against"] == "centralized, same learning rate"]
+    assert {(r["variant"], r["a"]) for r in same_lr} == {("fed:lr0.004", "centralized:lr0.004")}
+    assert all(r["difference"] < 0 for r in same_lr if r["set"] == "bc5cdr")
+    assert report.counterpart("fed:12x10") == ("centralized:360", "same total steps")
+    assert report.counterpart("fed:lr0.004") == ("centralized:lr0.004", "same learning rate")
+    assert report.counterpart("fed:corrupt") is None and report.counterpart("fed:lrx") is None
+    for name in clinical_ie.SITES:  # the report compares sweep variants on these pooled
+        data["sets"][name] = data["sets"]["bc5cdr"]
+        for cell in data["cells"].values():
+            cell["sets"][name] = cell["sets"]["bc5cdr"]
+    labels = {c["comparison"] for c in report.comparisons(data)}
+    assert "fed:lr0.004 - centralized:lr0.004 (sweep, same learning rate)" in labels
     by = {(r["variant"], r["against"]): r for r in got if r["set"] == "bc5cdr"}
     assert by["fed:lr0.004", "centralized"]["difference"] == 0.0
     assert by["fedmedlora", "centralized"]["difference"] < 0
