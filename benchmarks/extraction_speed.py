@@ -135,7 +135,7 @@ def prepare(args: argparse.Namespace):
     if args.adapter:
         from fedmedlora.recipe.protocols import load_peft_adapter
 
-        load_adapter_state(lm.model, load_peft_adapter(args.adapter))
+        load_adapter_state(lm.model, load_peft_adapter(args.adapter, model=lm.model))
         trained = {"adapter": str(args.adapter)}
     elif args.train_steps > 0:
         began = time.perf_counter()

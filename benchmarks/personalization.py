@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     config = federation_config(args.federation, args.setting, args.method)
     recipe = config.recipe()
-    federated = load_peft_adapter(adapter)
+    # a FedEx-LoRA adapter's residual goes on the model every site here shares
+    federated = load_peft_adapter(
+        adapter, model=site_recipe(recipe, config.data.site_names[0]).lm.model
+    )
     data: dict[str, Any] = {
         "benchmark": "personalization",
         "args": saved_arguments(args),

@@ -111,3 +111,24 @@ def test_personalization_tunes_b_first_then_every_adapter_weight():
     both, stats = personalize(site, start, head_steps=2, full_steps=2)
     assert [s.steps for s in stats] == [2, 2]
     assert any(not torch.equal(both[k], start[k]) for k in a_keys)
+
+
+def test_a_fedex_adapter_loads_only_onto_a_model_that_takes_its_residual(tmp_path):
+    """Its tensors alone are not the federated model: without a model to offset,
+    `load_peft_adapter` refuses it instead of returning a silently different model."""
+    import pytest
+
+    from fedmedlora.model.loading import load_causal_lm
+    from fedmedlora.model.lora import LoraSettings, adapter_state, add_lora
+
+    model = add_lora(load_causal_lm("tiny-random"), LoraSettings(rank=2))
+    name = "base_model.model.model.layers.1.self_attn.o_proj.base_layer.weight"
+    weight = dict(model.named_parameters())[name]
+    pretrained = weight.detach().clone()
+    offset = torch.full_like(weight, -0.5)
+    save_adapter(model, adapter_state(model), tmp_path / "fedex", base_residual={name: offset})
+    with pytest.raises(ValueError, match="FedEx-LoRA adapter"):
+        load_peft_adapter(tmp_path / "fedex")
+    state = load_peft_adapter(tmp_path / "fedex", model=model)
+    assert state.keys() == adapter_state(model).keys()
+    assert torch.equal(weight, pretrained + offset)

@@ -38,7 +38,7 @@ def personalize(
 ) -> None:
     """Personalize the federated adapter for one site and score both on its test split."""
     from fedmedlora.federation.methods.hetero_rank import fit_rank
-    from fedmedlora.model.lora import apply_base_residual, read_base_residual, save_adapter
+    from fedmedlora.model.lora import read_base_residual, save_adapter
     from fedmedlora.recipe.protocols import load_peft_adapter
     from fedmedlora.recipe.protocols import personalize as lpft
     from fedmedlora.recipe.site_setup import site_recipe
@@ -68,10 +68,10 @@ def personalize(
         # starts from them, and keeps them.
         try:
             residual = read_base_residual(adapter)
-            apply_base_residual(local.lm.model, adapter)
+            federated = load_peft_adapter(adapter, model=local.lm.model)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        start = fit_rank(local, load_peft_adapter(adapter))
+        start = fit_rank(local, federated)
         console.print(f"site [cyan]{name}[/]: scoring the federated adapter")
         before, _ = local.evaluate(start)
         tracking.log(0, {f"{name}/{k}": v for k, v in before.summary().items() if k in HEADLINE})

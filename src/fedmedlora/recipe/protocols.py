@@ -110,10 +110,21 @@ def sample_documents(docs: Sequence[Document], k: int, seed: int) -> list[Docume
     return ranked[:k]
 
 
-def load_peft_adapter(folder: str | Path) -> State:
-    """Adapter tensors of a saved PEFT adapter (as the federation writes it)."""
+def load_peft_adapter(folder: str | Path, model=None) -> State:
+    """Adapter tensors of a saved PEFT adapter (as the federation writes it). A FedEx-LoRA
+    adapter's base residual is added to `model`'s frozen weights; without a model such an
+    adapter is refused, since its tensors alone are not the federated model."""
     from safetensors.torch import load_file
 
+    from fedmedlora.model.lora import BASE_RESIDUAL, apply_base_residual
+
+    if model is not None:
+        apply_base_residual(model, folder)
+    elif (Path(folder) / BASE_RESIDUAL).is_file():
+        raise ValueError(
+            f"{folder}: a FedEx-LoRA adapter ({BASE_RESIDUAL}): its base residual must be "
+            "applied to the model it is loaded into"
+        )
     return dict(load_file(Path(folder) / "adapter_model.safetensors"))
 
 
