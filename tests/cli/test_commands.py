@@ -159,17 +159,23 @@ def test_run_end_to_end_in_a_fresh_process(tmp_path):
         assert (tmp_path / "out" / name).is_file()
 
 
+def _one_site_run(folder: Path, local_steps: int, max_new_tokens: int) -> Path:
+    """run.yaml for one tiny-random site "north" of 8 notes, a quarter held out."""
+    write_jsonl(notes(8, "north"), folder / "north.jsonl")
+    (folder / "run.yaml").write_text(
+        f"model: {{name: tiny-random}}\ntrain: {{local_steps: {local_steps}, batch_size: 4}}\n"
+        f"generation: {{max_new_tokens: {max_new_tokens}}}\n"
+        "data:\n  sites:\n    - {name: north, train: north.jsonl, test_fraction: 0.25}\n"
+    )
+    return folder / "run.yaml"
+
+
 def test_personalize_compares_federated_and_personalized_at_one_site(tmp_path):
     from fedmedlora.config import load_config
     from fedmedlora.model.lora import save_adapter
     from fedmedlora.recipe.site_recipe import initial_adapter, loaded_model
 
-    write_jsonl(notes(8, "north"), tmp_path / "north.jsonl")
-    (tmp_path / "run.yaml").write_text(
-        "model: {name: tiny-random}\ntrain: {local_steps: 2, batch_size: 4}\n"
-        "generation: {max_new_tokens: 16}\n"
-        "data:\n  sites:\n    - {name: north, train: north.jsonl, test_fraction: 0.25}\n"
-    )
+    _one_site_run(tmp_path, local_steps=2, max_new_tokens=16)
     recipe = load_config(tmp_path / "run.yaml").recipe()
     save_adapter(loaded_model(recipe).model, initial_adapter(recipe), tmp_path / "fed")
     args = ["personalize", str(tmp_path / "run.yaml"), "--adapter", str(tmp_path / "fed")]
@@ -254,12 +260,7 @@ def test_personalize_starts_from_a_fedex_adapter_s_offset_base_and_keeps_its_res
     from fedmedlora.model.lora import BASE_RESIDUAL, offset_base_weights
     from fedmedlora.recipe.site_recipe import loaded_model
 
-    write_jsonl(notes(8, "north"), tmp_path / "north.jsonl")
-    (tmp_path / "run.yaml").write_text(
-        "model: {name: tiny-random}\ntrain: {local_steps: 1, batch_size: 4}\n"
-        "generation: {max_new_tokens: 8}\n"
-        "data:\n  sites:\n    - {name: north, train: north.jsonl, test_fraction: 0.25}\n"
-    )
+    _one_site_run(tmp_path, local_steps=1, max_new_tokens=8)
     model = loaded_model(load_config(tmp_path / "run.yaml").recipe()).model
     residual = _fedex_like_adapter(model, tmp_path / "fed")
     ((name, offset),) = residual.items()
