@@ -153,6 +153,9 @@ def test_comparisons_are_paired_on_documents_and_seeds():
     )
     got = report.compare(data, "centralized", "fedmedlora", "bc5cdr")
     assert got["runs"] == [2, 2]
+    # seed by seed: fed@0 (tp 4, fp 3, fn 4: F1 8/15) - centralized@0 (7, 1, 1: 14/16)
+    assert got["per_seed"] == pytest.approx([8 / 15 - 14 / 16, 0.0], abs=1e-4)
+    assert "| -0.342, +0.000 |" in report.comparison_row({**got, "comparison": "x"})
     assert got["difference"] < 0 and got["ci95"][1] <= 0  # never better on any resample
     # The best single site is picked by its point F1.
     assert report.best_single_site(data, "bc5cdr") == "single-site:bc5cdr"
