@@ -531,15 +531,13 @@ def run_cell(
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])
     elif method in ("centralized", "bert-centralized") or method.startswith("centralized:"):
-        if (lr := lr_of(method)) is not None:
+        lr = lr_of(method)  # centralized:lrX; centralized:N is N steps
+        if lr is not None:
             recipe = local_recipe(
                 run_config(args, folder, seed, overrides={"train.learning_rate": lr})
             )
-        total = len(sites) * steps
-        if ":" in method and lr is None:
-            total = int(method.split(":")[1])
-        lr = recipe.train.learning_rate
-        log(f"{method} (seed {seed}): {total} steps on pooled data, lr {lr:g}")
+        total = int(method.split(":")[1]) if ":" in method and lr is None else len(sites) * steps
+        log(f"{method} (seed {seed}): {total} steps, lr {recipe.train.learning_rate:g}, pooled")
         state, stats = train_local(recipe, list(sites.values()), total, seed=seed)
         scores = document_scores(recipe, state, sets, False, log)
         bench.record(cell, scores, began, final_loss=stats.losses[-1])

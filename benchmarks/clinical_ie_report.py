@@ -318,13 +318,12 @@ def central_cell(rounds: int, steps: int) -> str:
 
 def lr_of(method: str) -> float | None:
     """The learning rate of a variant `fed:lrX` or `centralized:lrX`, else None."""
-    text = method.partition(":")[2]
-    if method.startswith(("fed:lr", "centralized:lr")):
-        try:
-            return float(text.removeprefix("lr"))
-        except ValueError:
-            return None
-    return None
+    if not method.startswith(("fed:lr", "centralized:lr")):
+        return None
+    try:
+        return float(method.partition(":lr")[2])
+    except ValueError:
+        return None
 
 
 def central_lr_cell(lr: float) -> str:

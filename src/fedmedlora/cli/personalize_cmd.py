@@ -5,6 +5,7 @@ with the federated adapter on its own test split."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,7 @@ def personalize(
 ) -> None:
     """Personalize the federated adapter for one site and score both on its test split."""
     from fedmedlora.federation.methods.hetero_rank import fit_rank
-    from fedmedlora.model.lora import read_base_residual, save_adapter
+    from fedmedlora.model.lora import BASE_RESIDUAL, save_adapter
     from fedmedlora.recipe.protocols import load_peft_adapter
     from fedmedlora.recipe.protocols import personalize as lpft
     from fedmedlora.recipe.site_setup import site_recipe
@@ -67,7 +68,6 @@ def personalize(
         # A FedEx-LoRA adapter is trained on offset base weights: the personal adapter
         # starts from them, and keeps them.
         try:
-            residual = read_base_residual(adapter)
             federated = load_peft_adapter(adapter, model=local.lm.model)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -82,7 +82,9 @@ def personalize(
         tracking.log(
             1, {f"{name}/{k}": v for k, v in after.summary().items() if k in HEADLINE} | losses
         )
-        save_adapter(local.lm.model, state, out / "personal_adapter", base_residual=residual)
+        save_adapter(local.lm.model, state, out / "personal_adapter")
+        if (adapter / BASE_RESIDUAL).is_file():  # copied, not read twice: it can be GBs
+            shutil.copyfile(adapter / BASE_RESIDUAL, out / "personal_adapter" / BASE_RESIDUAL)
         table = Table(title=f"{name}: federated vs personalized ({len(local.site.test)} test docs)")
         table.add_column("adapter")
         for key in HEADLINE:

@@ -114,6 +114,11 @@ def offset_base_weights(model, offsets: dict[str, torch.Tensor]) -> None:
             p = params[name]
             if p.requires_grad:
                 raise ValueError(f"{name} is trained, not a frozen base weight")
+            if not p.is_floating_point():
+                raise ValueError(
+                    f"{name} is packed by quantization and cannot take an offset; load the "
+                    "base unquantized"
+                )
             if tuple(offset.shape) != tuple(p.shape):
                 raise ValueError(f"{name}: offset {tuple(offset.shape)} != {tuple(p.shape)}")
             base = pretrained.setdefault(name, p.detach().clone())
@@ -143,14 +148,6 @@ def apply_base_residual(model, folder: str | Path) -> int:
     """Add an adapter folder's base residual, if it has one, to `model`'s frozen base
     weights (the model as PEFT loaded it); returns how many weights it changed."""
     residual = read_base_residual(folder)
-    params = dict(model.named_parameters())
-    packed = [k for k in residual if k in params and not params[k].is_floating_point()]
-    if packed:
-        raise ValueError(
-            f"{Path(folder) / BASE_RESIDUAL}: a FedEx-LoRA adapter offsets the base weights, "
-            f"which a quantized base cannot take ({packed[0]} is packed); load the base "
-            "unquantized"
-        )
     try:
         offset_base_weights(model, residual)
     except ValueError as exc:
