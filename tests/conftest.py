@@ -23,3 +23,24 @@ def schema():
     from fedmedlora.data.schema import load_schema
 
     return load_schema("clinical")
+
+
+@pytest.fixture(scope="session")
+def kbit_cpu() -> None:
+    """Skips, saying why, where bitsandbytes cannot quantize on this CPU; checked rather
+    than assumed, since its CPU backend depends on the installed version."""
+    import torch
+
+    try:
+        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+        q, state = quantize_4bit(torch.randn(64, 64), quant_type="nf4")
+        dequantize_4bit(q, state)
+    except ImportError as exc:
+        reason = f"bitsandbytes is not installed ({exc}); pip install 'fedmedlora[quant]'"
+    except Exception as exc:  # any failure means: no CPU backend here
+        reason = f"bitsandbytes has no working CPU nf4 backend here: {exc}"
+    else:
+        return
+    print(f"SKIPPED k-bit CPU test: {reason}")
+    pytest.skip(reason)

@@ -81,6 +81,21 @@ def test_base_weight_offsets_apply_to_the_pretrained_weight_each_time():
         offset_base_weights(model, {name: torch.zeros(2, 2)})
 
 
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_a_packed_quantized_base_weight_refuses_an_offset(quantization, kbit_cpu):
+    """A k-bit base stores integer codes: adding FedEx-LoRA's float residual to them would
+    corrupt the weight silently, so the offset is refused and the weight left as it was."""
+    base = load_causal_lm("tiny-random", dtype="bf16", quantization=quantization)
+    model = add_lora(base, LoraSettings(rank=2), seed=0)
+    name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    weight = dict(model.named_parameters())[name]
+    assert not weight.is_floating_point()
+    before = weight.detach().clone()
+    with pytest.raises(ValueError, match=r"packed by quantization.*load the base unquantized"):
+        offset_base_weights(model, {name: torch.zeros(weight.shape)})
+    assert torch.equal(weight, before)
+
+
 def test_a_saved_base_residual_travels_in_the_adapter_folder_and_loads_with_it(tmp_path):
     """FedEx-LoRA's global model is base + residual + adapter: an adapter folder that
     carries a residual, loaded with PEFT and `apply_base_residual`, computes exactly the

@@ -104,34 +104,13 @@ def test_unknown_dtype_or_quantization_is_a_config_error():
     assert quantization_config("none", "fp32") is None
 
 
-def _bitsandbytes_cpu_reason() -> str | None:
-    """Why the nf4 path cannot run here, or None when it can."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        return f"bitsandbytes is not installed ({exc}); pip install 'fedmedlora[quant]'"
-    try:
-        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
-
-        w = torch.randn(64, 64)
-        q, state = quantize_4bit(w, quant_type="nf4")
-        dequantize_4bit(q, state)
-    except Exception as exc:  # any failure means: no CPU backend here
-        return f"bitsandbytes has no working CPU nf4 backend here: {exc}"
-    return None
-
-
 @pytest.mark.parametrize(
     "quantization, loaded, layer",
     [("nf4", "is_loaded_in_4bit", "Linear4bit"), ("int8", "is_loaded_in_8bit", "Linear8bitLt")],
 )
 def test_kbit_base_trains_its_adapter_on_cpu_where_bitsandbytes_supports_it(
-    quantization, loaded, layer
+    quantization, loaded, layer, kbit_cpu
 ):
-    reason = _bitsandbytes_cpu_reason()
-    if reason is not None:
-        print(f"SKIPPED {quantization} CPU test: {reason}")
-        pytest.skip(reason)
     tok, examples = _examples("tiny-random")
     base = load_causal_lm("tiny-random", dtype="bf16", quantization=quantization)
     assert getattr(base, loaded)
