@@ -41,6 +41,7 @@ from clinical_ie_report import (  # beside this script
     central_cell,
     central_lr_cell,
     lr_of,
+    single_cell,
     write_report,
 )
 from fedmedlora.apps.simulation import simulate
@@ -218,6 +219,15 @@ def central_variants(args: argparse.Namespace) -> list[str]:
     return by_steps + [central_lr_cell(lr) for lr in args.sweep_lr]
 
 
+def single_variants(args: argparse.Namespace) -> list[str]:
+    """Each site alone, trained as many steps as each site of a sweep schedule with more
+    steps per site than the default: the fair single-site side of that schedule's
+    external comparison (the default single sites train the default's steps)."""
+    default = args.rounds * args.local_steps
+    longer = sorted({r * s for r, s in map(schedule, args.sweep_schedules)} - {default})
+    return [single_cell(f"single-site:{site}", n) for n in longer if n > default for site in SITES]
+
+
 def schedule(text: str) -> tuple[int, int]:
     """(rounds, local steps) of a sweep schedule written ROUNDSxSTEPS."""
     r, _, st = text.partition("x")
@@ -317,7 +327,7 @@ def planned_cells(args: argparse.Namespace) -> list[str]:
     for seed in range(args.seeds):
         methods = list(variants(args))
         methods += [f"single-site:{s}" for s in SITES] + ["centralized"]
-        methods += central_variants(args) if args.sweep else []
+        methods += central_variants(args) + single_variants(args) if args.sweep else []
         methods += [f"new-site:k{k}:{start}" for k in args.k if k for start in ("base", "fed")]
         if not args.skip_bert:
             methods += [f"bert-single-site:{s}" for s in SITES]
@@ -525,7 +535,8 @@ def run_cell(
         rounds = [r.get("train") for r in results["rounds"] if r.get("train")]
         bench.record(cell, scores, began, overrides=overrides, communication=comm, train=rounds)
     elif method.startswith(("single-site:", "bert-single-site:")):
-        name = method.split(":")[1]
+        _, name, *longer = method.split(":")  # single-site:SITE:STEPS trains STEPS steps
+        steps = int(longer[0]) if longer else steps
         log(f"{method} (seed {seed}): {steps} steps")
         state, stats = train_local(recipe, [sites[name]], steps, seed=seed)
         scores = document_scores(recipe, state, sets, False, log)

@@ -120,7 +120,9 @@ def best_single_site(data: dict, set_name: str, prefix: str = "single-site") -> 
     scored = [
         (f["f1"], m)
         for m in methods_of(data)
-        if m.startswith(prefix + ":") and (f := cell_f1(data, m, set_name))
+        # `single-site:SITE` only: a longer-trained `single-site:SITE:STEPS` is the
+        # counterpart of a longer federated schedule, not a candidate for the default's
+        if m.startswith(prefix + ":") and m.count(":") == 1 and (f := cell_f1(data, m, set_name))
     ]
     return max(scored)[1] if scored else None
 
@@ -142,6 +144,9 @@ def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
         best = best_single_site(data, s)
         if best:
             add(best, "fedmedlora", [s], "federated - best single site")
+            for m in methods:  # a longer schedule against that site trained as long
+                if (long := single_counterpart(m, best)) and long in methods:
+                    add(long, m, [s], f"{m} - best single site (sweep, same steps per site)")
     corrupt_sets = in_domain + list(EXTERNAL)
     add("fed:corrupt", "fed+:corrupt", corrupt_sets, "Fed-MedLoRA+ - Fed-MedLoRA (corrupted site)")
     add("fedmedlora", "fed:plus-mix", in_domain, "Fed-MedLoRA+ (size mix) - Fed-MedLoRA")
@@ -314,6 +319,18 @@ def schedule_of(method: str) -> tuple[int, int] | None:
 def central_cell(rounds: int, steps: int) -> str:
     """The centralized cell with the total steps of `rounds` x `steps` at every site."""
     return f"centralized:{len(SITES) * rounds * steps}"
+
+
+def single_cell(site_method: str, steps: int) -> str:
+    """`single-site:SITE` trained for `steps` steps instead of the default's."""
+    return f"{site_method}:{steps}"
+
+
+def single_counterpart(method: str, best: str) -> str | None:
+    """The single-site cell trained as many steps as each site of a schedule variant
+    `fed:ROUNDSxSTEPS` (the fair single-site side of its external comparison)."""
+    sched = schedule_of(method)
+    return single_cell(best, sched[0] * sched[1]) if sched else None
 
 
 def lr_of(method: str) -> float | None:

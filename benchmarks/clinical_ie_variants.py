@@ -2,7 +2,9 @@
 site, on every set, paired (the report itself compares the sweep's variants only on the
 pooled in-domain sets); a schedule that gives each site more steps than the default is
 also compared with the centralized run of its total compute (`centralized:STEPS`), and a
-learning-rate variant with the centralized run at that rate (`centralized:lrX`):
+learning-rate variant with the centralized run at that rate (`centralized:lrX`), and a
+longer schedule with the best single site trained as many steps per site
+(`single-site:SITE:STEPS`, where run):
 
 .venv/bin/python benchmarks/clinical_ie_variants.py benchmarks/results/clinical_ie
 
@@ -24,6 +26,7 @@ from clinical_ie_report import (
     compare,
     counterpart,
     methods_of,
+    single_counterpart,
 )
 
 
@@ -36,14 +39,18 @@ def matched_central(data: dict, variant: str) -> tuple[str, str | None]:
 
 
 def rows(data: dict) -> list[dict]:
-    fed = [m for m in methods_of(data) if m == "fedmedlora" or m.startswith("fed:")]
+    methods = methods_of(data)
+    fed = [m for m in methods if m == "fedmedlora" or m.startswith("fed:")]
     out = []
     for m in fed:
         for s in (IN_DOMAIN, *SITES, *EXTERNAL):
+            best = best_single_site(data, s) if s != IN_DOMAIN else None
+            long = single_counterpart(m, best) if best else None
             for label, ref in (
                 ("centralized", "centralized"),
                 matched_central(data, m),
-                ("best single site", best_single_site(data, s) if s != IN_DOMAIN else None),
+                ("best single site", best),
+                ("best single site, same steps per site", long if long in methods else None),
             ):
                 got = compare(data, ref, m, s) if ref else None
                 if got:

@@ -103,6 +103,13 @@ def test_sweep_schedules_are_variants_of_the_default():
         args_for("--sweep", "--seeds", "1", "--only", "centralized:360")
     )
     assert cells == ["centralized:360@0"]
+    # each site alone at a longer schedule's steps per site (12 x 10), none at 8 x 5's 40
+    singles = clinical_ie.planned_cells(
+        args_for("--sweep", "--seeds", "1", "--only", "single-site",
+                 "--sweep-schedules", "8x5", "12x10")
+    )  # fmt: skip
+    long = [f"single-site:{site}:120@0" for site in clinical_ie.SITES]
+    assert singles == [f"single-site:{site}@0" for site in clinical_ie.SITES] + long
     assert names["fed:8x5"] == {"federation.rounds": 8, "train.local_steps": 5}
     assert names["fed:12x10"] == {"federation.rounds": 12, "train.local_steps": 10}
     for bad in ("3by10", "0x10", "x5"):
@@ -268,6 +275,7 @@ def test_every_federated_variant_is_compared_on_every_set():
             "fed:12x10@0": good,
             "centralized:360@0": worse,  # 3 sites x 12 x 10 steps
             "centralized:lr0.004@0": [[3, 0, 0]] * 3,
+            "single-site:bc5cdr:120@0": [[3, 0, 0]] * 3,  # 12 x 10 steps, one site
         },
         groups,
     )
@@ -289,9 +297,14 @@ def test_every_federated_variant_is_compared_on_every_set():
             cell["sets"][name] = cell["sets"]["bc5cdr"]
     labels = {c["comparison"] for c in report.comparisons(data)}
     assert "fed:lr0.004 - centralized:lr0.004 (sweep, same learning rate)" in labels
+    assert "fed:12x10 - best single site (sweep, same steps per site)" in labels
+    long = [r for r in got if r["against"] == "best single site, same steps per site"]
+    assert {(r["variant"], r["a"]) for r in long} == {("fed:12x10", "single-site:bc5cdr:120")}
+    assert all(r["difference"] < 0 for r in long)
     by = {(r["variant"], r["against"]): r for r in got if r["set"] == "bc5cdr"}
     assert by["fed:lr0.004", "centralized"]["difference"] == 0.0
     assert by["fedmedlora", "centralized"]["difference"] < 0
-    # the best single site on bc5cdr is chosen by its F1 there: single-site:bc5cdr
+    # the best single site on bc5cdr is chosen by its F1 there among the default-budget
+    # single sites: single-site:bc5cdr (the better, longer-trained one is not a candidate)
     assert by["fedmedlora", "best single site"]["a"] == "single-site:bc5cdr"
     assert by["fedmedlora", "best single site"]["difference"] == 0.0
