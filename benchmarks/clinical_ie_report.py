@@ -10,6 +10,7 @@ A cell's F1 is the mean over its training seeds; intervals resample test documen
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,10 @@ def comparisons(data: dict[str, Any]) -> list[dict[str, Any]]:
             ["ncbi_test"],
             f"new site k={k}: from federated - from base",
         )
+    # does the start from federated gain with every step in k? (k = 0: the adapter itself)
+    chain = [(0, "fedmedlora")] + [(k, f"new-site:k{k}:fed") for k in ks]
+    for (k0, a), (k1, b) in itertools.pairwise(chain):
+        add(a, b, ["ncbi_test"], f"new site from federated: k={k1} - k={k0}")
     add("bert-centralized", "bert-fed", in_domain, "BERT federated - BERT centralized")
     return out
 

@@ -186,6 +186,25 @@ def test_a_one_seed_variant_is_compared_on_its_own_seed():
     assert report.cell_f1(data, "centralized", "bc5cdr")["f1"] == 0.75  # the cell: both seeds
 
 
+def test_the_new_site_curve_is_compared_step_by_step_in_k():
+    """From k = 0 (the federated adapter itself) to each larger k, paired: whether the
+    from-federated F1 rises with k is read from intervals, not from point estimates."""
+    good, worse = [[3, 0, 0]] * 3, [[1, 1, 1]] * 3
+    data = _data(
+        {"fedmedlora@0": good, "new-site:k5:fed@0": worse, "new-site:k10:fed@0": good},
+        ["d1", "d2", "d3"],
+    )
+    data["sets"] = {"ncbi_test": data["sets"].pop("bc5cdr")}
+    for cell in data["cells"].values():
+        cell["sets"] = {"ncbi_test": cell["sets"].pop("bc5cdr")}
+    got = {c["comparison"]: c for c in report.comparisons(data)}
+    down = got["new site from federated: k=5 - k=0"]
+    assert (down["a"], down["b"]) == ("fedmedlora", "new-site:k5:fed")
+    assert down["difference"] < 0
+    assert got["new site from federated: k=10 - k=5"]["difference"] > 0
+    assert "new site from federated: k=10 - k=0" not in got  # consecutive steps only
+
+
 def test_cell_f1_averages_seeds():
     data = _data({"fedmedlora@0": [[1, 0, 0]], "fedmedlora@1": [[0, 1, 1]]}, ["d"])
     assert report.cell_f1(data, "fedmedlora", "bc5cdr")["f1"] == 0.5
