@@ -213,19 +213,24 @@ def central_variants(args: argparse.Namespace) -> list[str]:
     compared with pooling at the same total compute, not only at the same depth. And
     centralized at each swept learning rate: whether a rate that helps federated closes
     the gap or helps pooling as much."""
-    default = args.rounds * args.local_steps
-    longer = {(r * s, central_cell(r, s)) for r, s in map(schedule, args.sweep_schedules)}
-    by_steps = [cell for steps, cell in sorted(longer) if steps > default]
+    by_steps = [central_cell(1, n) for n in longer_steps_per_site(args)]
     return by_steps + [central_lr_cell(lr) for lr in args.sweep_lr]
+
+
+def longer_steps_per_site(args: argparse.Namespace) -> list[int]:
+    """The steps per site of the sweep schedules that give a site more than the default."""
+    default = args.rounds * args.local_steps
+    steps = {r * s for r, s in map(schedule, args.sweep_schedules)}
+    return sorted(n for n in steps if n > default)
 
 
 def single_variants(args: argparse.Namespace) -> list[str]:
     """Each site alone, trained as many steps as each site of a sweep schedule with more
     steps per site than the default: the fair single-site side of that schedule's
     external comparison (the default single sites train the default's steps)."""
-    default = args.rounds * args.local_steps
-    longer = sorted({r * s for r, s in map(schedule, args.sweep_schedules)} - {default})
-    return [single_cell(f"single-site:{site}", n) for n in longer if n > default for site in SITES]
+    return [
+        single_cell(f"single-site:{site}", n) for n in longer_steps_per_site(args) for site in SITES
+    ]
 
 
 def schedule(text: str) -> tuple[int, int]:
