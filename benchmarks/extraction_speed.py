@@ -95,6 +95,10 @@ def measure(
         stats.chunks += s.chunks
         stats.generated_tokens += s.generated_tokens
         stats.forward_passes += s.forward_passes
+        stats.columns += s.columns
+        stats.prompt_tokens += s.prompt_tokens
+        cheapest = [c for c in (stats.cheapest_column_seconds, s.cheapest_column_seconds) if c]
+        stats.cheapest_column_seconds = min(cheapest, default=0.0)
         stats.issues.update(s.issues)
         preds += found
         windows += docs
@@ -116,6 +120,7 @@ def measure(
         "generated_tokens": stats.generated_tokens,
         "tokens_per_second": round(stats.generated_tokens / seconds, 2),
         "forward_passes_per_token": round(stats.forward_passes_per_token, 3),
+        **columns(stats),
         "entity_strict_f1": round(summary["entity_strict_f1"], 4),
         "entity_strict_f1_ci95": strict["ci95"],
         "entity_lenient_f1": round(summary["entity_lenient_f1"], 4),
@@ -123,6 +128,26 @@ def measure(
         "parse_issues": dict(sorted(stats.issues.items())),
     }
     return row, preds
+
+
+def columns(stats: ExtractionStats) -> dict[str, Any]:
+    """Where the compute went, in token columns (a CPU pass costs about its columns):
+    the prompt tokens and output tokens every decoder must compute, and the rest
+    (padding, rejected proposals, finished windows waiting in their batch). The floor is
+    the needed columns at the cheapest seconds per column of any pass of the run: no
+    schedule of the same work (no waste, no per-pass cost, every pass as efficient as the
+    best one) is faster on this machine, so `greedy seconds / floor` bounds the speed-up
+    any constrained decoder can reach here."""
+    needed = stats.prompt_tokens + stats.generated_tokens
+    floor = stats.cheapest_column_seconds * needed
+    return {
+        "columns": stats.columns,
+        "prompt_tokens": stats.prompt_tokens,
+        "wasted_columns": stats.columns - needed,
+        "columns_per_token": round(stats.columns / max(stats.generated_tokens, 1), 3),
+        "cheapest_column_ms": round(stats.cheapest_column_seconds * 1e3, 3),
+        "floor_seconds": round(floor, 2) if floor else None,
+    }
 
 
 def prepare(args: argparse.Namespace):
@@ -162,20 +187,24 @@ def prepare(args: argparse.Namespace):
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table; `ceiling x` is the first row's seconds over a row's floor."""
     base = rows[0]["windows_per_second"]
     lines = [
-        "| variant | windows/s | x | tokens/s | passes/token | strict F1 [95% CI] | "
-        "lenient F1 [95% CI] | parse issues |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | windows/s | x | tokens/s | passes/token | columns/token | ceiling x | "
+        "strict F1 [95% CI] | lenient F1 [95% CI] | parse issues |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["entity_strict_f1_ci95"]
         llo, lhi = r["entity_lenient_f1_ci95"]
         issues = sum(r["parse_issues"].values())
+        floor = r.get("floor_seconds")
+        ceiling = f"{rows[0]['seconds'] / floor:.1f}" if floor else "-"
         lines.append(
             f"| {r['variant']} | {r['windows_per_second']:.3f} | "
             f"{r['windows_per_second'] / base:.1f} | {r['tokens_per_second']:.1f} | "
-            f"{r['forward_passes_per_token']:.3f} | {r['entity_strict_f1']:.3f} "
+            f"{r['forward_passes_per_token']:.3f} | {r.get('columns_per_token', 0):.2f} | "
+            f"{ceiling} | {r['entity_strict_f1']:.3f} "
             f"[{lo:.3f}, {hi:.3f}] | {r['entity_lenient_f1']:.3f} [{llo:.3f}, {lhi:.3f}] | "
             f"{issues} |"
         )

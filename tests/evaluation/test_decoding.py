@@ -1,5 +1,6 @@
 """Copy-constrained decoding and copy speculation."""
 
+import time
 from collections import Counter
 
 import pytest
@@ -100,6 +101,26 @@ def test_speculation_gives_exactly_the_constrained_greedy_tokens(tiny):
         assert outputs == reference, (k, batch)
         assert stats.generated_tokens == ref_stats.generated_tokens
     assert stats.window_forwards < ref_stats.window_forwards
+
+
+def test_columns_count_the_shared_prompt_once_and_what_speculation_wastes(tiny):
+    model, tok = tiny
+    prompts, _, _ = inputs(tok, ADVERSARIAL)
+    limit = min(map(len, prompts)) - 1  # every row keeps at least one token of its own
+    shared = next((i for i in range(limit) if len({p[i] for p in prompts}) > 1), limit)
+    began = time.perf_counter()
+    _, plain = decode(model, tok, ADVERSARIAL, k=0, batch_size=1)
+    elapsed = time.perf_counter() - began
+    assert plain.prompt_tokens == shared + sum(len(p) - shared for p in prompts)
+    # one window at a time, one token per pass: nothing padded, nothing rejected
+    assert plain.columns == plain.prompt_tokens + plain.generated_tokens
+    assert 0 < plain.cheapest_column_seconds * plain.columns <= elapsed
+    _, spec = decode(model, tok, ADVERSARIAL, k=8, batch_size=6)
+    assert spec.prompt_tokens == plain.prompt_tokens
+    assert spec.generated_tokens == plain.generated_tokens
+    # prompts of different lengths are padded together, and proposals are rejected
+    assert spec.columns > spec.prompt_tokens + spec.generated_tokens
+    assert spec.model_calls < plain.model_calls
 
 
 @torch.no_grad()

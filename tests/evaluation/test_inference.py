@@ -15,6 +15,7 @@ class ScriptedModel:
 
     def __init__(self, tokenizer, docs, schema):
         self.tok, self.docs, self.schema, self.calls = tokenizer, docs, schema, 0
+        self.shapes: list[tuple[int, int, int, int]] = []  # rows, prompt width, out width, real
 
     def answer(self, chunk: str) -> str:
         doc = next(d for d in self.docs if chunk in d.text)
@@ -41,6 +42,7 @@ class ScriptedModel:
         pad = torch.full((len(rows), width), self.tok.pad_token_id)
         for i, r in enumerate(rows):
             pad[i, : len(r)] = torch.tensor(r)
+        self.shapes.append((len(rows), input_ids.shape[1], width, int(attention_mask.sum())))
         return torch.cat([input_ids, pad], dim=1)
 
 
@@ -62,6 +64,11 @@ def test_extraction_path_recovers_gold_from_perfect_outputs():
     assert stats.chunks > len(docs) and model.calls == -(-stats.chunks // 4)
     assert not stats.issues
     assert stats.forward_passes >= stats.generated_tokens > 0
+    # generate computes every row of a batch at every step, finished or not, and never
+    # feeds the last token it writes
+    assert stats.columns == sum(r * p + r * (w - 1) for r, p, w, _ in model.shapes)
+    assert stats.prompt_tokens == sum(real for *_, real in model.shapes)
+    assert stats.columns > stats.prompt_tokens + stats.generated_tokens
     scores, _ = score_corpus(docs, preds)
     summary = scores.summary()
     assert summary["entity_strict_f1"] == 1.0 and summary["relation_strict_f1"] == 1.0

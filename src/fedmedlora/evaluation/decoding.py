@@ -179,6 +179,24 @@ class DecodeStats:
     # speculation; the shared prompt prefix counts for none); model calls counts calls.
     window_forwards: int = 0
     model_calls: int = 0
+    # Token columns the model computed, padding and rejected proposals included (a pass
+    # is rectangular), and the prompt tokens among them (the shared prefix once). A
+    # window needs at least its prompt and its output tokens, so `columns - prompt_tokens
+    # - generated_tokens` is what batching and speculation waste. The cheapest pass's
+    # seconds per column, times those needed columns, bounds what any schedule of this
+    # work could cost on this machine (`benchmarks/extraction_speed.py`'s floor).
+    columns: int = 0
+    prompt_tokens: int = 0
+    cheapest_column_seconds: float = 0.0
+
+    def counted(self, columns: int, prompt_tokens: int, seconds: float) -> None:
+        """One model call of `columns` columns, `prompt_tokens` of them real prompt."""
+        self.model_calls += 1
+        self.columns += columns
+        self.prompt_tokens += prompt_tokens
+        rate = seconds / max(columns, 1)
+        if self.cheapest_column_seconds == 0 or rate < self.cheapest_column_seconds:
+            self.cheapest_column_seconds = rate
 
 
 class _BlockWidth:
@@ -385,10 +403,11 @@ class ConstrainedDecoder:
         if n == 0:
             return
         ids = torch.tensor([first[:n]], dtype=torch.long)
+        began = time.perf_counter()
         _, cache = self.lm.forward(
             ids, torch.ones_like(ids), torch.arange(n)[None], DynamicCache(), last_only=True
         )
-        stats.model_calls += 1
+        stats.counted(n, n, time.perf_counter() - began)
         self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
 
     def _prefill(self, new: list[_Row], stats: DecodeStats) -> None:
@@ -404,8 +423,9 @@ class ConstrainedDecoder:
                 (k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.prefix
             ]
         )
+        began = time.perf_counter()
         states, cache = self.lm.forward(ids, mask, positions, cache, last_only=True)
-        stats.model_calls += 1
+        stats.counted(ids.numel(), int(own.sum()), time.perf_counter() - began)
         stats.window_forwards += n
         groups = [self.candidates(row, row.state, 0) for row in new]
         scores = self.lm.scores(states, list(range(n)), groups)
@@ -451,9 +471,9 @@ class ConstrainedDecoder:
         self.mask = torch.cat([self.mask, block_mask], dim=1)
         began = time.perf_counter()
         states, self.cache = self.lm.forward(ids, self.mask, positions, self.cache)
+        stats.counted(ids.numel(), 0, time.perf_counter() - began)
         scores = self.lm.scores(states, where, groups)
         self.width.timed(ids.numel(), time.perf_counter() - began)
-        stats.model_calls += 1
         stats.window_forwards += len(self.rows)
         n = 0
         for i, (row, block, path) in enumerate(zip(self.rows, blocks, paths, strict=True)):

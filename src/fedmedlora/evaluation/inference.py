@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedmedlora.data.chunking import Chunk, assemble
 from fedmedlora.data.document import Document
 from fedmedlora.data.schema import Schema
-from fedmedlora.evaluation.decoding import constrained_generate
+from fedmedlora.evaluation.decoding import DecodeStats, constrained_generate
 from fedmedlora.model.loading import autocast
 from fedmedlora.model.lora import merged_lora
 from fedmedlora.task.markup import parse
@@ -70,6 +70,11 @@ class ExtractionStats:
     # Forward passes each window took part in, summed (1 per token for greedy decoding;
     # batched greedy also counts the steps a finished window waits for its batch).
     forward_passes: int = 0
+    # Token columns computed (padding, rejected proposals and finished windows waiting
+    # in their batch included) and the real prompt tokens among them; see `DecodeStats`.
+    columns: int = 0
+    prompt_tokens: int = 0
+    cheapest_column_seconds: float = 0.0
 
     @property
     def windows_per_second(self) -> float:
@@ -112,12 +117,13 @@ def generate(
     device: torch.device,
     precision: str,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[str], int, int]:
+) -> tuple[list[str], DecodeStats]:
     """Greedy outputs for each prompt, batched by length to limit padding; also the
-    tokens produced and the forward passes each window took part in."""
+    tokens produced, the forward passes each window took part in and the columns
+    computed (`generate` feeds every row of a batch, finished or not, at every step)."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i]))
     outputs: list[str] = [""] * len(prompts)
-    produced = forwards = 0
+    stats = DecodeStats()
     pad = tokenizer.pad_token_id
     for start in range(0, len(order), settings.batch_size):
         idx = order[start : start + settings.batch_size]
@@ -133,15 +139,18 @@ def generate(
                 pad_token_id=pad,
             )
         new = out[:, ids.shape[1] :].cpu()
-        forwards += new.shape[0] * new.shape[1]
+        stats.window_forwards += new.shape[0] * new.shape[1]
+        stats.columns += ids.numel() + new.shape[0] * (new.shape[1] - 1)
+        stats.prompt_tokens += int(mask.sum())
+        stats.model_calls += new.shape[1]
         for row, i in enumerate(idx):
             tokens = new[row]
             keep = tokens[(tokens != pad) & (tokens != tokenizer.eos_token_id)]
-            produced += int(keep.numel())
+            stats.generated_tokens += int(keep.numel())
             outputs[i] = tokenizer.decode(keep, skip_special_tokens=True)
         if on_batch:
             on_batch(len(idx))
-    return outputs, produced, forwards
+    return outputs, stats
 
 
 def extract(
@@ -189,12 +198,16 @@ def extract(
                 precision=precision,
                 on_batch=on_batch,
             )
-            stats.generated_tokens = decoded.generated_tokens
-            stats.forward_passes = decoded.window_forwards
-        else:
-            outputs, stats.generated_tokens, stats.forward_passes = generate(
+        elif work:
+            outputs, decoded = generate(
                 model, tokenizer, prompts, budgets, settings, device, precision, on_batch
             )
+        else:
+            outputs, decoded = [], DecodeStats()
+    stats.generated_tokens = decoded.generated_tokens
+    stats.forward_passes = decoded.window_forwards
+    stats.columns, stats.prompt_tokens = decoded.columns, decoded.prompt_tokens
+    stats.cheapest_column_seconds = decoded.cheapest_column_seconds
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
         parsed = parse(text, ch.text, schema, entity_types)
