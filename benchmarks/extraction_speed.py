@@ -97,6 +97,8 @@ def measure(
         stats.forward_passes += s.forward_passes
         stats.columns += s.columns
         stats.prompt_tokens += s.prompt_tokens
+        stats.padded_columns += s.padded_columns
+        stats.rejected_columns += s.rejected_columns
         cheapest = [c for c in (stats.cheapest_column_seconds, s.cheapest_column_seconds) if c]
         stats.cheapest_column_seconds = min(cheapest, default=0.0)
         stats.issues.update(s.issues)
@@ -132,8 +134,9 @@ def measure(
 
 def columns(stats: ExtractionStats) -> dict[str, Any]:
     """Where the compute went, in token columns (a CPU pass costs about its columns):
-    the prompt tokens and output tokens every decoder must compute, and the rest
-    (padding, rejected proposals, finished windows waiting in their batch). The floor is
+    the prompt tokens and output tokens every decoder must compute, and the rest: padded
+    columns (no token: padding, finished windows waiting in their batch), which packing
+    rows could remove, and rejected proposals, which it could not. The floor is
     the needed columns at the cheapest seconds per column of any pass of the run: no
     schedule of the same work (no waste, no per-pass cost, every pass as efficient as the
     best one) is faster on this machine, so `greedy seconds / floor` bounds the speed-up
@@ -144,6 +147,8 @@ def columns(stats: ExtractionStats) -> dict[str, Any]:
         "columns": stats.columns,
         "prompt_tokens": stats.prompt_tokens,
         "wasted_columns": stats.columns - needed,
+        "padded_columns": stats.padded_columns,
+        "rejected_columns": stats.rejected_columns,
         "columns_per_token": round(stats.columns / max(stats.generated_tokens, 1), 3),
         "cheapest_column_ms": round(stats.cheapest_column_seconds * 1e3, 3),
         "floor_seconds": round(floor, 2) if floor else None,

@@ -114,12 +114,16 @@ def test_columns_count_the_shared_prompt_once_and_what_speculation_wastes(tiny):
     assert plain.prompt_tokens == shared + sum(len(p) - shared for p in prompts)
     # one window at a time, one token per pass: nothing padded, nothing rejected
     assert plain.columns == plain.prompt_tokens + plain.generated_tokens
+    assert plain.padded_columns == plain.rejected_columns == 0
     assert 0 < plain.cheapest_column_seconds * plain.columns <= elapsed
     _, spec = decode(model, tok, ADVERSARIAL, k=8, batch_size=6)
     assert spec.prompt_tokens == plain.prompt_tokens
     assert spec.generated_tokens == plain.generated_tokens
     # prompts of different lengths are padded together, and proposals are rejected
-    assert spec.columns > spec.prompt_tokens + spec.generated_tokens
+    assert spec.padded_columns > 0 and spec.rejected_columns > 0
+    assert spec.columns == (
+        spec.prompt_tokens + spec.generated_tokens + spec.padded_columns + spec.rejected_columns
+    )
     assert spec.model_calls < plain.model_calls
 
 

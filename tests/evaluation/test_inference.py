@@ -69,6 +69,11 @@ def test_extraction_path_recovers_gold_from_perfect_outputs():
     assert stats.columns == sum(r * p + r * (w - 1) for r, p, w, _ in model.shapes)
     assert stats.prompt_tokens == sum(real for *_, real in model.shapes)
     assert stats.columns > stats.prompt_tokens + stats.generated_tokens
+    # prompt padding and the steps a finished row waits (EOS, then padding) hold no
+    # token of the window; every other column is a prompt token or an output token (each
+    # output here ends with EOS, so every output token is fed back)
+    assert stats.columns - stats.padded_columns == stats.prompt_tokens + stats.generated_tokens
+    assert stats.padded_columns > 0
     scores, _ = score_corpus(docs, preds)
     summary = scores.summary()
     assert summary["entity_strict_f1"] == 1.0 and summary["relation_strict_f1"] == 1.0

@@ -185,14 +185,20 @@ class DecodeStats:
     # - generated_tokens` is what batching and speculation waste. The cheapest pass's
     # seconds per column, times those needed columns, bounds what any schedule of this
     # work could cost on this machine (`benchmarks/extraction_speed.py`'s floor).
+    # Of the waste, `padded_columns` held no token (packing could remove them) and
+    # `rejected_columns` held proposals the model did not accept.
     columns: int = 0
     prompt_tokens: int = 0
+    padded_columns: int = 0
+    rejected_columns: int = 0
     cheapest_column_seconds: float = 0.0
 
-    def counted(self, columns: int, prompt_tokens: int, seconds: float) -> None:
-        """One model call of `columns` columns, `prompt_tokens` of them real prompt."""
+    def counted(self, columns: int, real: int, prompt_tokens: int, seconds: float) -> None:
+        """One model call of `columns` columns: `real` of them tokens, `prompt_tokens`
+        of those prompt."""
         self.model_calls += 1
         self.columns += columns
+        self.padded_columns += columns - real
         self.prompt_tokens += prompt_tokens
         rate = seconds / max(columns, 1)
         if self.cheapest_column_seconds == 0 or rate < self.cheapest_column_seconds:
@@ -407,7 +413,7 @@ class ConstrainedDecoder:
         _, cache = self.lm.forward(
             ids, torch.ones_like(ids), torch.arange(n)[None], DynamicCache(), last_only=True
         )
-        stats.counted(n, n, time.perf_counter() - began)
+        stats.counted(n, n, n, time.perf_counter() - began)
         self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
 
     def _prefill(self, new: list[_Row], stats: DecodeStats) -> None:
@@ -425,7 +431,8 @@ class ConstrainedDecoder:
         )
         began = time.perf_counter()
         states, cache = self.lm.forward(ids, mask, positions, cache, last_only=True)
-        stats.counted(ids.numel(), int(own.sum()), time.perf_counter() - began)
+        real = int(own.sum())
+        stats.counted(ids.numel(), real, real, time.perf_counter() - began)
         stats.window_forwards += n
         groups = [self.candidates(row, row.state, 0) for row in new]
         scores = self.lm.scores(states, list(range(n)), groups)
@@ -471,7 +478,7 @@ class ConstrainedDecoder:
         self.mask = torch.cat([self.mask, block_mask], dim=1)
         began = time.perf_counter()
         states, self.cache = self.lm.forward(ids, self.mask, positions, self.cache)
-        stats.counted(ids.numel(), 0, time.perf_counter() - began)
+        stats.counted(ids.numel(), len(where), 0, time.perf_counter() - began)
         scores = self.lm.scores(states, where, groups)
         self.width.timed(ids.numel(), time.perf_counter() - began)
         stats.window_forwards += len(self.rows)
@@ -492,6 +499,7 @@ class ConstrainedDecoder:
                 self._accept(row, token, self._after(row, path[j], token, len(row.tokens)))
                 break
             n += len(block)
+            stats.rejected_columns += len(block) - 1 - j
             self.width.record(len(block) - 1, j)
             self.mask[i, self.mask.shape[1] - w + j + 1 :] = 0  # rejected proposals: holes
             self.lengths[i] += j + 1

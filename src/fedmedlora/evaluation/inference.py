@@ -71,9 +71,12 @@ class ExtractionStats:
     # batched greedy also counts the steps a finished window waits for its batch).
     forward_passes: int = 0
     # Token columns computed (padding, rejected proposals and finished windows waiting
-    # in their batch included) and the real prompt tokens among them; see `DecodeStats`.
+    # in their batch included), the real prompt tokens among them, the columns that held
+    # no token (padding, waiting) and rejected proposals; see `DecodeStats`.
     columns: int = 0
     prompt_tokens: int = 0
+    padded_columns: int = 0
+    rejected_columns: int = 0
     cheapest_column_seconds: float = 0.0
 
     @property
@@ -142,6 +145,8 @@ def generate(
         stats.window_forwards += new.shape[0] * new.shape[1]
         stats.columns += ids.numel() + new.shape[0] * (new.shape[1] - 1)
         stats.prompt_tokens += int(mask.sum())
+        fed = (new[:, :-1] != pad) & (new[:, :-1] != tokenizer.eos_token_id)
+        stats.padded_columns += ids.numel() - int(mask.sum()) + int((~fed).sum())
         stats.model_calls += new.shape[1]
         for row, i in enumerate(idx):
             tokens = new[row]
@@ -207,6 +212,8 @@ def extract(
     stats.generated_tokens = decoded.generated_tokens
     stats.forward_passes = decoded.window_forwards
     stats.columns, stats.prompt_tokens = decoded.columns, decoded.prompt_tokens
+    stats.padded_columns = decoded.padded_columns
+    stats.rejected_columns = decoded.rejected_columns
     stats.cheapest_column_seconds = decoded.cheapest_column_seconds
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
