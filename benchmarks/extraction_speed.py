@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,8 @@ def measure(
         stats.prompt_tokens += s.prompt_tokens
         stats.padded_columns += s.padded_columns
         stats.rejected_columns += s.rejected_columns
-        cheapest = [c for c in (stats.cheapest_column_seconds, s.cheapest_column_seconds) if c]
-        stats.cheapest_column_seconds = min(cheapest, default=0.0)
+        stats.model_calls += s.model_calls
+        stats.passes += s.passes
         stats.issues.update(s.issues)
         preds += found
         windows += docs
@@ -132,26 +133,63 @@ def measure(
     return row, preds
 
 
+def combined(each: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's repeats as one row: the median time, and the speed-up over the
+    first variant paired repeat by repeat (`x_each`; the same position in the same
+    round)."""
+    median = statistics.median(r["seconds"] for r in each)
+    row = dict(each[0])
+    row.update(
+        seconds=round(median, 2),
+        windows_per_second=round(row["windows"] / median, 4),
+        tokens_per_second=round(row["generated_tokens"] / median, 2),
+        seconds_each=[r["seconds"] for r in each],
+        x_each=[round(b["seconds"] / r["seconds"], 2) for b, r in zip(base, each, strict=True)],
+    )
+    floors = [r["floor_seconds"] for r in each if r.get("floor_seconds")]
+    row["floor_seconds"] = min(floors) if floors else None
+    return row
+
+
 def columns(stats: ExtractionStats) -> dict[str, Any]:
     """Where the compute went, in token columns (a CPU pass costs about its columns):
     the prompt tokens and output tokens every decoder must compute, and the rest: padded
     columns (no token: padding, finished windows waiting in their batch), which packing
-    rows could remove, and rejected proposals, which it could not. The floor is
-    the needed columns at the cheapest seconds per column of any pass of the run: no
-    schedule of the same work (no waste, no per-pass cost, every pass as efficient as the
-    best one) is faster on this machine, so `greedy seconds / floor` bounds the speed-up
-    any constrained decoder can reach here."""
+    rows could remove, and rejected proposals, which it could not.
+
+    With the decoder's timed passes: their cost fitted as `pass_ms + column_ms x
+    columns` (least squares), which splits the model's time into a fixed part per pass,
+    the needed columns and the wasted ones; and a floor, the needed columns at the
+    cheapest seconds per column of any pass. No schedule of the same work (no waste, no
+    per-pass cost, every pass as efficient as the best one) is faster on this machine,
+    so `greedy seconds / floor` bounds the speed-up any decoder of this work reaches."""
     needed = stats.prompt_tokens + stats.generated_tokens
-    floor = stats.cheapest_column_seconds * needed
-    return {
+    out: dict[str, Any] = {
         "columns": stats.columns,
         "prompt_tokens": stats.prompt_tokens,
         "wasted_columns": stats.columns - needed,
         "padded_columns": stats.padded_columns,
         "rejected_columns": stats.rejected_columns,
         "columns_per_token": round(stats.columns / max(stats.generated_tokens, 1), 3),
-        "cheapest_column_ms": round(stats.cheapest_column_seconds * 1e3, 3),
-        "floor_seconds": round(floor, 2) if floor else None,
+        "model_calls": stats.model_calls,
+        "floor_seconds": None,
+    }
+    timed = [(c, t) for c, t in stats.passes if c > 0]
+    if len(timed) < 3 or len({c for c, _ in timed}) < 2:
+        return out
+    per_column, per_pass = statistics.linear_regression(*zip(*timed, strict=True))
+    cheapest = min(t / c for c, t in timed)
+    return out | {
+        "model_seconds": round(sum(t for _, t in timed), 2),
+        "pass_ms": round(per_pass * 1e3, 2),
+        "column_ms": round(per_column * 1e3, 3),
+        "split_seconds": {
+            "per_pass": round(per_pass * len(timed), 2),
+            "needed_columns": round(per_column * needed, 2),
+            "wasted_columns": round(per_column * (stats.columns - needed), 2),
+        },
+        "cheapest_column_ms": round(cheapest * 1e3, 3),
+        "floor_seconds": round(cheapest * needed, 2),
     }
 
 
@@ -192,7 +230,9 @@ def prepare(args: argparse.Namespace):
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table; `ceiling x` is the first row's seconds over a row's floor."""
+    """The markdown table: `x` is the speed-up over the first row (with repeats, of the
+    median times, then the range of the paired ratios); `ceiling x` is the first row's
+    seconds over a row's floor."""
     base = rows[0]["windows_per_second"]
     lines = [
         "| variant | windows/s | x | tokens/s | passes/token | columns/token | ceiling x | "
@@ -205,9 +245,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         issues = sum(r["parse_issues"].values())
         floor = r.get("floor_seconds")
         ceiling = f"{rows[0]['seconds'] / floor:.1f}" if floor else "-"
+        x = f"{r['windows_per_second'] / base:.1f}"
+        if len(r.get("x_each", [])) > 1:
+            x += f" ({min(r['x_each']):.1f}-{max(r['x_each']):.1f})"
         lines.append(
             f"| {r['variant']} | {r['windows_per_second']:.3f} | "
-            f"{r['windows_per_second'] / base:.1f} | {r['tokens_per_second']:.1f} | "
+            f"{x} | {r['tokens_per_second']:.1f} | "
             f"{r['forward_passes_per_token']:.3f} | {r.get('columns_per_token', 0):.2f} | "
             f"{ceiling} | {r['entity_strict_f1']:.3f} "
             f"[{lo:.3f}, {hi:.3f}] | {r['entity_lenient_f1']:.3f} [{llo:.3f}, {lhi:.3f}] | "
@@ -236,6 +279,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="time every variant this often")
     ap.add_argument("--out", type=Path, default=Path("docs/measured/extraction_speed.json"))
     args = ap.parse_args()
     quiet_libraries()
@@ -245,13 +289,21 @@ def main() -> None:
     lm, groups, trained = prepare(args)
     torch.set_num_threads(args.threads)  # loading the recipe sets its own thread count
     print(f"{[len(w) for _, w in groups]} windows, {trained}", flush=True)
-    rows, outputs = [], {}
+    outputs: dict[str, list] = {}
     runs = [(v, k) for v in args.variants for k in (args.speculate if v.endswith("spec") else [0])]
-    for variant, k in runs:
-        row, preds = measure(variant, lm.model, lm.tokenizer, groups, schema, args, k)
-        rows.append(row)
-        outputs[row["variant"]] = [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
-        print(row, flush=True)
+    repeats: list[list[dict[str, Any]]] = [[] for _ in runs]
+    for r in range(args.repeats):
+        # each repeat in another order, so that no variant always runs first or after the
+        # same one (a loaded machine's speed drifts within a run)
+        for i in [*range(r % len(runs), len(runs)), *range(r % len(runs))]:
+            variant, k = runs[i]
+            row, preds = measure(variant, lm.model, lm.tokenizer, groups, schema, args, k)
+            repeats[i].append(row)
+            found = [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
+            if outputs.setdefault(row["variant"], found) != found:
+                raise SystemExit(f"{row['variant']}: repeat {r} predicted differently")
+            print(row, flush=True)
+    rows = [combined(each, repeats[0]) for each in repeats]
     spec_rows = [v for v in outputs if v.startswith("constrained+spec")]
     same = None
     if "constrained" in outputs and spec_rows:

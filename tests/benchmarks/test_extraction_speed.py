@@ -15,14 +15,19 @@ from fedmedlora.evaluation.inference import ExtractionStats  # noqa: E402
 
 
 def test_the_floor_is_the_needed_columns_at_the_cheapest_rate():
+    # passes costing 40 ms + 2 ms a column, the cheapest (400 columns) 2.1 ms a column
+    passes = [(c, 0.040 + 0.002 * c) for c in (10, 50, 100, 400)]
     stats = ExtractionStats(
-        generated_tokens=300, columns=1000, prompt_tokens=500, cheapest_column_seconds=0.002
+        generated_tokens=300, columns=1000, prompt_tokens=500, passes=passes, model_calls=4
     )
     out = extraction_speed.columns(stats)
     assert out["wasted_columns"] == 200  # 1000 computed, 500 + 300 needed
     assert out["columns_per_token"] == pytest.approx(1000 / 300, abs=1e-3)
-    assert out["floor_seconds"] == pytest.approx(800 * 0.002)
-    # greedy generate is one call: no per-pass rate, so no floor
+    assert out["pass_ms"] == pytest.approx(40) and out["column_ms"] == pytest.approx(2)
+    assert out["split_seconds"] == {"per_pass": 0.16, "needed_columns": 1.6, "wasted_columns": 0.4}
+    assert out["cheapest_column_ms"] == pytest.approx(2.1)
+    assert out["floor_seconds"] == pytest.approx(800 * 0.0021)
+    # greedy generate is timed as a whole: no passes, so no floor
     assert extraction_speed.columns(ExtractionStats(columns=10))["floor_seconds"] is None
 
 
@@ -49,3 +54,16 @@ def test_the_ceiling_is_the_first_rows_seconds_over_each_floor():
     assert greedy.split(" | ")[6] == "-"
     assert spec.split(" | ")[2] == "3.0"  # measured: 30 s against 10 s
     assert spec.split(" | ")[6] == "4.0"  # at best: 30 s against a 7.5 s floor
+
+
+def test_repeats_combine_to_the_median_and_paired_ratios():
+    base = [row("greedy-batched", s, None) for s in (30.0, 40.0, 20.0)]
+    spec = [row("c+s", s, f) for s, f in ((10.0, 7.0), (8.0, 6.0), (10.0, 8.0))]
+    for r in base + spec:
+        r.update(windows=10, generated_tokens=100)
+    out = extraction_speed.combined(spec, base)
+    assert out["seconds"] == 10.0 and out["windows_per_second"] == 1.0
+    assert out["x_each"] == [3.0, 5.0, 2.0]  # each repeat against its own baseline
+    assert out["floor_seconds"] == 6.0
+    text = extraction_speed.table([extraction_speed.combined(base, base), out])
+    assert text.splitlines()[3].split(" | ")[2] == "3.0 (2.0-5.0)"

@@ -181,17 +181,16 @@ class DecodeStats:
     model_calls: int = 0
     # Token columns the model computed, padding and rejected proposals included (a pass
     # is rectangular), and the prompt tokens among them (the shared prefix once). A
-    # window needs at least its prompt and its output tokens, so `columns - prompt_tokens
-    # - generated_tokens` is what batching and speculation waste. The cheapest pass's
-    # seconds per column, times those needed columns, bounds what any schedule of this
-    # work could cost on this machine (`benchmarks/extraction_speed.py`'s floor).
-    # Of the waste, `padded_columns` held no token (packing could remove them) and
-    # `rejected_columns` held proposals the model did not accept.
+    # window needs at least its prompt and its output tokens; of the rest,
+    # `padded_columns` held no token (packing rows could remove them) and
+    # `rejected_columns` held proposals the model did not accept. `passes` keeps each
+    # model call's (columns, seconds): `benchmarks/extraction_speed.py` fits a pass's cost
+    # to them and bounds what any schedule of this work could cost on the machine.
     columns: int = 0
     prompt_tokens: int = 0
     padded_columns: int = 0
     rejected_columns: int = 0
-    cheapest_column_seconds: float = 0.0
+    passes: list[tuple[int, float]] = field(default_factory=list)
 
     def counted(self, columns: int, real: int, prompt_tokens: int, seconds: float) -> None:
         """One model call of `columns` columns: `real` of them tokens, `prompt_tokens`
@@ -200,9 +199,7 @@ class DecodeStats:
         self.columns += columns
         self.padded_columns += columns - real
         self.prompt_tokens += prompt_tokens
-        rate = seconds / max(columns, 1)
-        if self.cheapest_column_seconds == 0 or rate < self.cheapest_column_seconds:
-            self.cheapest_column_seconds = rate
+        self.passes.append((columns, seconds))
 
 
 class _BlockWidth:

@@ -72,12 +72,14 @@ class ExtractionStats:
     forward_passes: int = 0
     # Token columns computed (padding, rejected proposals and finished windows waiting
     # in their batch included), the real prompt tokens among them, the columns that held
-    # no token (padding, waiting) and rejected proposals; see `DecodeStats`.
+    # no token (padding, waiting), rejected proposals, and each model call's (columns,
+    # seconds) where the decoder times them; see `DecodeStats`.
     columns: int = 0
     prompt_tokens: int = 0
     padded_columns: int = 0
     rejected_columns: int = 0
-    cheapest_column_seconds: float = 0.0
+    model_calls: int = 0
+    passes: list[tuple[int, float]] = field(default_factory=list)  # constrained only
 
     @property
     def windows_per_second(self) -> float:
@@ -214,7 +216,7 @@ def extract(
     stats.columns, stats.prompt_tokens = decoded.columns, decoded.prompt_tokens
     stats.padded_columns = decoded.padded_columns
     stats.rejected_columns = decoded.rejected_columns
-    stats.cheapest_column_seconds = decoded.cheapest_column_seconds
+    stats.model_calls, stats.passes = decoded.model_calls, decoded.passes
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
         parsed = parse(text, ch.text, schema, entity_types)
