@@ -246,7 +246,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         floor = r.get("floor_seconds")
         ceiling = f"{rows[0]['seconds'] / floor:.1f}" if floor else "-"
         x = f"{r['windows_per_second'] / base:.1f}"
-        if len(r.get("x_each", [])) > 1:
+        if len(r.get("x_each", [])) > 1 and r is not rows[0]:
             x += f" ({min(r['x_each']):.1f}-{max(r['x_each']):.1f})"
         lines.append(
             f"| {r['variant']} | {r['windows_per_second']:.3f} | "
