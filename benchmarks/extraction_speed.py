@@ -42,6 +42,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
 from fedmedlora.data.sites import load_source, sample_windows, synthetic_site
 from fedmedlora.evaluation.bootstrap import bootstrap_f1, key_slice, micro_counts
+from fedmedlora.evaluation.decoding import DecodeStats
 from fedmedlora.evaluation.inference import ExtractionStats, GenerationSettings, extract
 from fedmedlora.evaluation.metrics import Scores, score_corpus
 from fedmedlora.evaluation.results import write_json_atomic
@@ -96,12 +97,7 @@ def measure(
         stats.chunks += s.chunks
         stats.generated_tokens += s.generated_tokens
         stats.forward_passes += s.forward_passes
-        stats.columns += s.columns
-        stats.prompt_tokens += s.prompt_tokens
-        stats.padded_columns += s.padded_columns
-        stats.rejected_columns += s.rejected_columns
-        stats.model_calls += s.model_calls
-        stats.passes += s.passes
+        stats.decoding.add(s.decoding)
         stats.issues.update(s.issues)
         preds += found
         windows += docs
@@ -123,7 +119,7 @@ def measure(
         "generated_tokens": stats.generated_tokens,
         "tokens_per_second": round(stats.generated_tokens / seconds, 2),
         "forward_passes_per_token": round(stats.forward_passes_per_token, 3),
-        **columns(stats),
+        **columns(stats.decoding),
         "entity_strict_f1": round(summary["entity_strict_f1"], 4),
         "entity_strict_f1_ci95": strict["ci95"],
         "entity_lenient_f1": round(summary["entity_lenient_f1"], 4),
@@ -151,7 +147,7 @@ def combined(each: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str
     return row
 
 
-def columns(stats: ExtractionStats) -> dict[str, Any]:
+def columns(stats: DecodeStats) -> dict[str, Any]:
     """Where the compute went, in token columns (a CPU pass costs about its columns):
     the prompt tokens and output tokens every decoder must compute, and the rest: padded
     columns (no token: padding, finished windows waiting in their batch), which packing

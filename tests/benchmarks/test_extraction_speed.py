@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import extraction_speed  # noqa: E402
-from fedmedlora.evaluation.inference import ExtractionStats  # noqa: E402
+from fedmedlora.evaluation.decoding import DecodeStats  # noqa: E402
 
 
 def test_the_floor_is_the_needed_columns_at_the_cheapest_rate():
     # passes costing 40 ms + 2 ms a column, the cheapest (400 columns) 2.1 ms a column
     passes = [(c, 0.040 + 0.002 * c) for c in (10, 50, 100, 400)]
-    stats = ExtractionStats(
+    stats = DecodeStats(
         generated_tokens=300, columns=1000, prompt_tokens=500, passes=passes, model_calls=4
     )
     out = extraction_speed.columns(stats)
@@ -28,7 +28,7 @@ def test_the_floor_is_the_needed_columns_at_the_cheapest_rate():
     assert out["cheapest_column_ms"] == pytest.approx(2.1)
     assert out["floor_seconds"] == pytest.approx(800 * 0.0021)
     # greedy generate is timed as a whole: no passes, so no floor
-    assert extraction_speed.columns(ExtractionStats(columns=10))["floor_seconds"] is None
+    assert extraction_speed.columns(DecodeStats(columns=10))["floor_seconds"] is None
 
 
 def row(variant: str, seconds: float, floor: float | None) -> dict:

@@ -11,6 +11,7 @@ from fedmedlora.data.document import Document
 from fedmedlora.data.schema import load_schema
 from fedmedlora.evaluation.decoding import (
     ConstrainedDecoder,
+    DecodeStats,
     _BlockWidth,
     _Row,
     constrained_generate,
@@ -305,3 +306,10 @@ def test_speculation_equals_constrained_greedy_on_smollm2():
     assert stats.window_forwards < ref_stats.window_forwards
     for text, out in zip(texts, outputs, strict=True):
         assert _strip_markup(out, Counter())[0] == text
+
+
+def test_decode_stats_add_sums_counts_and_keeps_every_pass():
+    a = DecodeStats(generated_tokens=3, columns=10, model_calls=1, passes=[(10, 0.5)])
+    a.add(DecodeStats(generated_tokens=4, columns=6, rejected_columns=2, passes=[(6, 0.25)]))
+    assert (a.generated_tokens, a.columns, a.rejected_columns, a.model_calls) == (7, 16, 2, 1)
+    assert a.passes == [(10, 0.5), (6, 0.25)]

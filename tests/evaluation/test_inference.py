@@ -66,14 +66,15 @@ def test_extraction_path_recovers_gold_from_perfect_outputs():
     assert stats.forward_passes >= stats.generated_tokens > 0
     # generate computes every row of a batch at every step, finished or not, and never
     # feeds the last token it writes
-    assert stats.columns == sum(r * p + r * (w - 1) for r, p, w, _ in model.shapes)
-    assert stats.prompt_tokens == sum(real for *_, real in model.shapes)
-    assert stats.columns > stats.prompt_tokens + stats.generated_tokens
+    cols = stats.decoding
+    assert cols.columns == sum(r * p + r * (w - 1) for r, p, w, _ in model.shapes)
+    assert cols.prompt_tokens == sum(real for *_, real in model.shapes)
+    assert cols.columns > cols.prompt_tokens + cols.generated_tokens
     # prompt padding and the steps a finished row waits (EOS, then padding) hold no
     # token of the window; every other column is a prompt token or an output token (each
     # output here ends with EOS, so every output token is fed back)
-    assert stats.columns - stats.padded_columns == stats.prompt_tokens + stats.generated_tokens
-    assert stats.padded_columns > 0
+    assert cols.columns - cols.padded_columns == cols.prompt_tokens + cols.generated_tokens
+    assert cols.padded_columns > 0
     scores, _ = score_corpus(docs, preds)
     summary = scores.summary()
     assert summary["entity_strict_f1"] == 1.0 and summary["relation_strict_f1"] == 1.0

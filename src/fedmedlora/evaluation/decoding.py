@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import DynamicCache
@@ -200,6 +200,11 @@ class DecodeStats:
         self.padded_columns += columns - real
         self.prompt_tokens += prompt_tokens
         self.passes.append((columns, seconds))
+
+    def add(self, other: DecodeStats) -> None:
+        """Another run's counts added to these (a benchmark sums its calls)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class _BlockWidth:

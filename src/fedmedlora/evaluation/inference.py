@@ -70,16 +70,9 @@ class ExtractionStats:
     # Forward passes each window took part in, summed (1 per token for greedy decoding;
     # batched greedy also counts the steps a finished window waits for its batch).
     forward_passes: int = 0
-    # Token columns computed (padding, rejected proposals and finished windows waiting
-    # in their batch included), the real prompt tokens among them, the columns that held
-    # no token (padding, waiting), rejected proposals, and each model call's (columns,
-    # seconds) where the decoder times them; see `DecodeStats`.
-    columns: int = 0
-    prompt_tokens: int = 0
-    padded_columns: int = 0
-    rejected_columns: int = 0
-    model_calls: int = 0
-    passes: list[tuple[int, float]] = field(default_factory=list)  # constrained only
+    # What the decoder computed, in token columns (`DecodeStats`; greedy `generate` is
+    # counted but not timed per pass).
+    decoding: DecodeStats = field(default_factory=DecodeStats)
 
     @property
     def windows_per_second(self) -> float:
@@ -213,10 +206,7 @@ def extract(
             outputs, decoded = [], DecodeStats()
     stats.generated_tokens = decoded.generated_tokens
     stats.forward_passes = decoded.window_forwards
-    stats.columns, stats.prompt_tokens = decoded.columns, decoded.prompt_tokens
-    stats.padded_columns = decoded.padded_columns
-    stats.rejected_columns = decoded.rejected_columns
-    stats.model_calls, stats.passes = decoded.model_calls, decoded.passes
+    stats.decoding = decoded
     per_doc: list[list] = [[] for _ in docs]
     for (d, ch), text in zip(work, outputs, strict=True):
         parsed = parse(text, ch.text, schema, entity_types)
