@@ -148,8 +148,8 @@ def combined(each: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str
 
 
 def columns(stats: DecodeStats) -> dict[str, Any]:
-    """Where the compute went, in token columns (a CPU pass costs about its columns):
-    the prompt tokens and output tokens every decoder must compute, and the rest: padded
+    """Where the compute went, in token columns (a pass costs a fixed part plus its
+    columns): the prompt tokens and output tokens every decoder must compute, and the rest: padded
     columns (no token: padding, finished windows waiting in their batch), which packing
     rows could remove, and rejected proposals, which it could not.
 
