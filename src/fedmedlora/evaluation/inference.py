@@ -138,10 +138,11 @@ def generate(
             )
         new = out[:, ids.shape[1] :].cpu()
         stats.window_forwards += new.shape[0] * new.shape[1]
+        real = int(mask.sum())
         stats.columns += ids.numel() + new.shape[0] * (new.shape[1] - 1)
-        stats.prompt_tokens += int(mask.sum())
+        stats.prompt_tokens += real
         fed = (new[:, :-1] != pad) & (new[:, :-1] != tokenizer.eos_token_id)
-        stats.padded_columns += ids.numel() - int(mask.sum()) + int((~fed).sum())
+        stats.padded_columns += ids.numel() - real + int((~fed).sum())
         stats.model_calls += new.shape[1]
         for row, i in enumerate(idx):
             tokens = new[row]
